@@ -1,0 +1,101 @@
+"""The attention backend interface and the metadata of one packed batch.
+
+KV cache layout, shared by every backend (per layer)::
+
+    key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size]
+
+A token at position ``pos`` of request ``r`` lives in slot
+``block_tables[r, pos // block_size] * block_size + pos % block_size``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes one packed batch of ``num_tokens`` tokens from ``num_seqs`` requests.
+
+    Request ``i`` owns query tokens ``query_start_loc[i]:query_start_loc[i + 1]``, which are
+    its positions ``seq_lens[i] - query_len_i .. seq_lens[i] - 1`` (its newest tokens).
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64, where each new K/V is written
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32, cumulative query lengths
+    seq_lens: torch.Tensor  # [num_seqs] int32, context length incl. the new tokens
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32, padded with 0
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc_cpu: list[int]  # host copies, so backends need not synchronize
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start_loc_cpu[-1]
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+class AttentionBackend(ABC):
+    """Paged attention for one layer: writes the new K/V into the cache, then attends.
+
+    Subclasses declare what they support; the engine picks the supported backend with the
+    highest ``priority`` unless the user names one.
+    """
+
+    name: ClassVar[str]
+    supported_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
+        torch.float32, torch.float16, torch.bfloat16)
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any
+    priority: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        num_kv_heads: int,
+        scale: float,
+        *,
+        alibi_slopes: torch.Tensor | None = None,  # [num_heads] float32
+        sliding_window: int | None = None,  # attend to at most this many latest positions
+        logits_soft_cap: float | None = None,
+    ) -> None:
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.num_kv_heads = num_kv_heads
+        self.scale = scale
+        self.alibi_slopes = alibi_slopes
+        self.sliding_window = sliding_window
+        self.logits_soft_cap = logits_soft_cap
+
+    @classmethod
+    def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
+        device_type = torch.device(device).type
+        return (device_type in cls.supported_devices and dtype in cls.supported_dtypes
+                and (cls.supported_head_sizes is None or head_size in cls.supported_head_sizes))
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
+        value_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
+        """Write ``key``/``value`` at ``metadata.slot_mapping``, then attend causally."""

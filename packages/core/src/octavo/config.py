@@ -1,0 +1,61 @@
+"""Engine configuration: one pydantic-settings model per concern (env prefix ``OCTAVO_``).
+
+The CLI maps its options onto these same fields, so ``--block-size 32`` and
+``OCTAVO_BLOCK_SIZE=32`` mean the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ENV = SettingsConfigDict(env_prefix="OCTAVO_", extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(BaseSettings):
+    """Which model to load and how."""
+
+    model_config = _ENV
+
+    model: str | None = Field(None, description="Folder, weights file, GGUF file or hub id; "
+                              "None loads the bundled demo SmolLM2-135M-Instruct.")
+    tokenizer: str | None = Field(None, description="Tokenizer source when not the model's own.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float32 on CPU, the checkpoint's dtype (or bfloat16) on CUDA.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_model_len: int | None = Field(None, gt=0, description="Defaults to the model's context.")
+    attention_backend: str | None = Field(None, description="None: best supported backend.")
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+class CacheSettings(BaseSettings):
+    """The paged KV cache."""
+
+    model_config = _ENV
+
+    block_size: int = Field(16, gt=0)
+    kv_cache_memory_gib: float | None = Field(
+        None, gt=0, description="KV cache size; default 1 GiB on CPU, free memory on CUDA.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    kv_cache_manager: str = "paged"
+    num_gpu_blocks_override: int | None = Field(None, gt=0, description="Exact block count.")
+
+
+class SchedulerSettings(BaseSettings):
+    """Continuous batching."""
+
+    model_config = _ENV
+
+    scheduler: str = Field("fcfs", description="fcfs or priority (or a plugin's).")
+    max_num_batched_tokens: int = Field(2048, gt=0, description="Token budget per step.")
+    max_num_seqs: int = Field(256, gt=0)
+    enable_chunked_prefill: bool = True
+
+    @field_validator("scheduler")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()

@@ -1,0 +1,87 @@
+"""The interface every model family implements, and what the engine hands a model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from octavo.attention.base import AttentionBackend, AttentionMetadata
+    from octavo.layers.quantization import QuantizationMethod
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism (always 1 for now; layers take it so TP can arrive without rewrites)."""
+
+    tensor_parallel_size: int = 1
+    rank: int = 0
+
+
+@dataclass
+class ModelContext:
+    """Everything a model needs to build its layers besides its HF config."""
+
+    attention_backend: type[AttentionBackend]
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    quantization: QuantizationMethod | None = None
+
+
+class CausalLM(nn.Module, ABC):
+    """A decoder-only language model over a packed batch of tokens and a paged KV cache.
+
+    ``kv_caches[layer] = (key_cache, value_cache)``, each
+    ``[num_blocks, block_size, num_kv_heads, head_size]``.
+    """
+
+    def __init__(self, config: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        self.config = config
+        self.ctx = ctx
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [num_tokens] int64
+        positions: torch.Tensor,  # [num_tokens] int64
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # hidden states [num_tokens, hidden_size]
+        ...
+
+    @abstractmethod
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, vocab_size] float32
+        ...
+
+    @abstractmethod
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load HF-named tensors; return the parameter names that were filled."""
+
+    @classmethod
+    def kv_cache_spec(cls, config: Any) -> KVCacheSpec:
+        """Shape of the KV cache this model needs; families override when config names differ."""
+        num_heads = config.num_attention_heads
+        head_size = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        return KVCacheSpec(
+            num_layers=config.num_hidden_layers,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+            head_size=head_size,
+        )
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    num_layers: int
+    num_kv_heads: int
+    head_size: int
+
+    def bytes_per_token(self, dtype: torch.dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_size * elem

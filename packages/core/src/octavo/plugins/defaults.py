@@ -1,0 +1,29 @@
+"""Core's default implementations, registered as a plugin like any other."""
+
+from octavo.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def register_attention_backends(register):
+    register("torch", "octavo.attention.torch_backend:TorchAttentionBackend")
+
+
+@hookimpl
+def register_schedulers(register):
+    register("fcfs", "octavo.engine.scheduler:FCFSScheduler")
+    register("priority", "octavo.engine.scheduler:PriorityScheduler")
+
+
+@hookimpl
+def register_kv_cache_managers(register):
+    register("paged", "octavo.kv_cache.manager:PagedKVCacheManager")
+
+
+@hookimpl
+def register_swappers(register):
+    register("host", "octavo.kv_cache.swapper:HostSwapper")
+
+
+@hookimpl
+def register_quantization_methods(register):
+    register("none", "octavo.layers.quantization:UnquantizedMethod")

@@ -1,0 +1,58 @@
+"""Octavo's hook specifications.
+
+Every ``register_*`` hook receives a ``register`` callable. A plugin calls it once per thing it
+provides: ``register(name, ref)`` where ``ref`` is either the object itself or a string reference
+``"package.module:Attribute"`` that is imported only when first used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("octavo")
+hookimpl = pluggy.HookimplMarker("octavo")
+
+Register = Callable[[str, Any], None]
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model classes by HF ``architectures`` name (``"LlamaForCausalLM"``)."""
+
+
+@hookspec
+def register_attention_backends(register: Register) -> None:
+    """Register attention backend classes (subclasses of ``octavo.attention.AttentionBackend``)."""
+
+
+@hookspec
+def register_quantization_methods(register: Register) -> None:
+    """Register quantization methods by the ``quant_method`` of a checkpoint's config.json."""
+
+
+@hookspec
+def register_schedulers(register: Register) -> None:
+    """Register scheduler classes (subclasses of ``octavo.engine.scheduler.Scheduler``)."""
+
+
+@hookspec
+def register_kv_cache_managers(register: Register) -> None:
+    """Register KV cache manager classes (subclasses of ``octavo.kv_cache.KVCacheManager``)."""
+
+
+@hookspec
+def register_swappers(register: Register) -> None:
+    """Register swapper classes (subclasses of ``octavo.kv_cache.swapper.Swapper``)."""
+
+
+@hookspec
+def register_weight_formats(register: Register) -> None:
+    """Register weight loaders by file glob pattern (``"*.safetensors"``)."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add subcommands to the ``octavo`` click group ``cli``."""
