@@ -1,3 +1,24 @@
-"""Entry-point plugin of octavo_models."""
+"""Entry-point plugin of octavo-models: model families and weight formats."""
 
-from octavo.plugins import hookimpl  # noqa: F401
+from octavo.plugins import hookimpl
+
+# HF ``architectures`` names served by one Llama-family implementation.
+LLAMA_FAMILY = (
+    "LlamaForCausalLM",  # Llama 1/2/3, CodeLlama, Yi, SmolLM
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",  # QKV bias
+)
+
+
+@hookimpl
+def register_models(register):
+    for arch in LLAMA_FAMILY:
+        register(arch, "octavo_models.llama:LlamaForCausalLM")
+
+
+@hookimpl
+def register_weight_formats(register):
+    register("*.safetensors", "octavo_models.weights.safetensors_format:SafetensorsFormat")
+    register("*.bin", "octavo_models.weights.torch_bin_format:TorchBinFormat")
+    register("*.pt", "octavo_models.weights.torch_bin_format:TorchBinFormat")
+    register("*.gguf", "octavo_models.weights.gguf_format:GGUFFormat")
