@@ -1,0 +1,1 @@
+"""User-facing entry points: ``LLM`` (offline) and ``AsyncLLM`` (streaming)."""

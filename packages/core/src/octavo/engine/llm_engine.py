@@ -1,0 +1,84 @@
+"""The synchronous engine: requests in, ``RequestOutput``s out, one step at a time."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from octavo.engine.builder import EngineConfig, build_engine_core
+from octavo.engine.engine_core import EngineCore
+from octavo.engine.input_processor import InputProcessor, PromptType
+from octavo.engine.output_processor import OutputProcessor
+from octavo.engine.request import Request
+from octavo.outputs import RequestOutput
+from octavo.sampling_params import SamplingParams
+
+
+class LLMEngine:
+    """Tokenizes and validates requests, steps the engine core, detokenizes the results."""
+
+    def __init__(self, core: EngineCore, tokenizer, *, vocab_size: int, max_model_len: int,
+                 eos_token_ids: frozenset[int] = frozenset(), device: torch.device | None = None):
+        self.core = core
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.device = device or torch.device("cpu")
+        self.inputs = InputProcessor(tokenizer, vocab_size, max_model_len)
+        self.outputs = OutputProcessor(tokenizer)
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        from octavo.model_loader.loader import load_model
+
+        loaded = load_model(config.model)
+        core = build_engine_core(loaded, config.cache, config.scheduler, loaded.max_model_len)
+        return cls(core, loaded.tokenizer, vocab_size=loaded.hf_config.vocab_size,
+                   max_model_len=loaded.max_model_len, eos_token_ids=loaded.eos_token_ids,
+                   device=loaded.device)
+
+    def next_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    priority: int = 0) -> None:
+        """Validate and queue a request; raises ValueError (and queues nothing) on bad input."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be SamplingParams, not {type(params).__name__}")
+        if self.outputs.has_request(request_id):
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, token_ids = self.inputs.process(prompt)
+        children = [self._core_request(request_id if params.n == 1 else f"{request_id}#{i}",
+                                       token_ids, params.clone_for_child(i) if params.n > 1 else params,
+                                       priority)
+                    for i in range(params.n)]
+        leader, *siblings = children
+        leader.fork_children = siblings
+        self.core.add_request(leader)
+        self.outputs.add_request(request_id, text, token_ids, params, children)
+
+    def _core_request(self, req_id: str, token_ids: list[int], params: SamplingParams,
+                      priority: int) -> Request:
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(params.seed)
+        return Request(req_id, list(token_ids), params, eos_token_ids=self.eos_token_ids,
+                       priority=priority, generator=generator)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now; its blocks return to the pool at once."""
+        self.core.abort_requests(self.outputs.core_ids(request_id))
+        return self.outputs.abort(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.core.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        core_outputs = self.core.step()
+        outputs, stopped = self.outputs.process(core_outputs)
+        if stopped:
+            self.core.abort_requests(stopped)  # stop strings finish in the front end
+        return outputs

@@ -1,0 +1,255 @@
+"""Continuous batching: which requests run each step, and how many tokens each computes."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from octavo.engine.outputs import EngineCoreOutput, RunnerOutput, ScheduledRequest, SchedulerOutput
+from octavo.engine.request import Request, RequestStatus
+from octavo.engine.request_queue import FCFSQueue, PriorityQueue, RequestQueue
+from octavo.kv_cache.manager import KVCacheManager
+
+
+class Scheduler(ABC):
+    """The engine core's view of scheduling; registered under ``register_schedulers``."""
+
+    def __init__(self, kv_cache: KVCacheManager, *, max_num_batched_tokens: int,
+                 max_num_seqs: int, max_model_len: int, enable_chunked_prefill: bool = True):
+        self.kv_cache = kv_cache
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+
+    @abstractmethod
+    def add_request(self, request: Request) -> None: ...
+
+    @abstractmethod
+    def abort_requests(self, req_ids: Iterable[str]) -> list[EngineCoreOutput]:
+        """Finish the requests now and free their blocks."""
+
+    @abstractmethod
+    def schedule(self) -> SchedulerOutput: ...
+
+    @abstractmethod
+    def update(self, scheduled: SchedulerOutput, result: RunnerOutput) -> list[EngineCoreOutput]:
+        """Advance requests by what the step computed and sampled; finish and free the done."""
+
+    @abstractmethod
+    def has_unfinished_requests(self) -> bool: ...
+
+
+class ContinuousBatchingScheduler(Scheduler):
+    """Running requests first, then waiting ones, under a per-step token budget.
+
+    Long prompts are chunked. When blocks run out the queue policy picks a running request to
+    preempt; it frees its blocks and is recomputed later (the prefix cache often makes that
+    cheap). Requests with ``n > 1`` siblings fork the prompt's blocks once it is computed.
+    """
+
+    queue_class: type[RequestQueue] = FCFSQueue
+
+    def __init__(self, kv_cache, **kwargs):
+        super().__init__(kv_cache, **kwargs)
+        self.waiting: RequestQueue = self.queue_class()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, request):
+        if request.req_id in self.requests:
+            raise ValueError(f"request id {request.req_id!r} is already in use")
+        if request.num_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {request.num_prompt_tokens} tokens; this model's context is "
+                f"{self.max_model_len} tokens, which leaves no room to generate")
+        if not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens:
+            raise ValueError(
+                f"the prompt has {request.num_prompt_tokens} tokens, more than "
+                f"max_num_batched_tokens={self.max_num_batched_tokens} with chunked prefill off")
+        blocks_needed = -(-request.num_prompt_tokens // self.kv_cache.block_size)
+        if blocks_needed > self.kv_cache.num_blocks:
+            raise ValueError(
+                f"the prompt needs {blocks_needed} KV blocks; the cache has only "
+                f"{self.kv_cache.num_blocks}")
+        self.requests[request.req_id] = request
+        for child in request.fork_children:
+            self.requests[child.req_id] = child
+        self.waiting.add(request)
+
+    def abort_requests(self, req_ids):
+        outputs = []
+        for req_id in req_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished:
+                continue
+            self._detach_unforked(request)
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            elif request in self.waiting:
+                self.waiting.remove(request)
+            self._finish(request, RequestStatus.FINISHED_ABORTED)
+            outputs.append(EngineCoreOutput(req_id, finish_reason="abort"))
+        return outputs
+
+    def has_unfinished_requests(self):
+        return bool(self.requests)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    # -- scheduling -------------------------------------------------------------------------
+    def schedule(self):
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.kv_cache.allocate_slots(request, num_new):
+                victim = self.waiting.victim(self.running)
+                if self.running.index(victim) < index:  # already scheduled this step
+                    index -= 1
+                    budget += scheduled.pop(self._position(scheduled, victim))[1]
+                self._preempt(victim)
+                out.preempted_req_ids.append(victim.req_id)
+                if victim is request:
+                    break
+            else:
+                scheduled.append((request, num_new))
+                budget -= num_new
+                index += 1
+
+        while (not out.preempted_req_ids and len(self.waiting) and budget > 0
+               and len(self.running) < self.max_num_seqs):
+            request = self.waiting.peek()
+            prefix = None
+            num_computed = request.num_computed_tokens
+            if num_computed == 0 and request.sampling_params.prompt_logprobs is None:
+                prefix = self.kv_cache.find_cached_prefix(request)
+                num_computed = prefix.num_tokens
+            num_new = request.num_tokens - num_computed
+            if num_new > budget:
+                if not self.enable_chunked_prefill:
+                    break
+                num_new = budget
+            if not self.kv_cache.allocate_slots(request, num_new, prefix):
+                break
+            self.waiting.pop()
+            request.num_computed_tokens = num_computed
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+                request.num_cached_tokens = num_computed
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            scheduled.append((request, num_new))
+            budget -= num_new
+
+        out.scheduled = [ScheduledRequest(request, num, self.kv_cache.block_ids(request))
+                         for request, num in scheduled]
+        out.block_copies = self.kv_cache.take_block_copies()
+        return out
+
+    @staticmethod
+    def _position(scheduled: list[tuple[Request, int]], request: Request) -> int:
+        return next(i for i, (r, _) in enumerate(scheduled) if r is request)
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.kv_cache.free(request)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.PREEMPTED
+        self.waiting.add_front(request)
+
+    # -- results ----------------------------------------------------------------------------
+    def update(self, scheduled, result):
+        outputs = []
+        for item in scheduled.scheduled:
+            request = item.request
+            if request.is_finished or request.status != RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            request.num_computed_tokens += item.num_tokens
+            self.kv_cache.cache_computed_blocks(request)
+            out = EngineCoreOutput(request.req_id)
+            if request.req_id in result.prompt_logprobs:
+                out.prompt_logprobs = result.prompt_logprobs[request.req_id]
+            token = result.sampled_token_ids.get(request.req_id)
+            if token is not None:
+                if request.first_token_time is None:
+                    request.first_token_time = time.monotonic()
+                request.append_token(token)
+                out.new_token_ids.append(token)
+                if request.req_id in result.logprobs:
+                    out.new_logprobs.append(result.logprobs[request.req_id])
+                if request.fork_children:
+                    self._fork_children(request)
+                status = self._check_stop(request, token)
+                if status is not None:
+                    self.running.remove(request)
+                    self._finish(request, status)
+                    out.finish_reason = status.value
+                    out.stop_reason = request.stop_reason
+            if out.new_token_ids or out.prompt_logprobs or out.finished:
+                outputs.append(out)
+        return outputs
+
+    def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
+        params = request.sampling_params
+        num_output = len(request.output_token_ids)
+        if num_output >= params.min_tokens:
+            if not params.ignore_eos and token in request.eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+            if params.stop_token_ids and token in params.stop_token_ids:
+                request.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and num_output >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _fork_children(self, parent: Request) -> None:
+        """Siblings share the parent's prompt blocks and recompute only its last token."""
+        for child in reversed(parent.fork_children):
+            self.kv_cache.fork(parent, child, parent.num_prompt_tokens)
+            child.num_computed_tokens = parent.num_prompt_tokens - 1
+            self.waiting.add_front(child)
+        parent.fork_children = []
+
+    def _detach_unforked(self, request: Request) -> None:
+        """An aborted parent hands its unforked siblings to the first of them."""
+        if request.fork_children:
+            heir, *rest = request.fork_children
+            heir.fork_children = rest
+            request.fork_children = []
+            self.waiting.add(heir)
+        for other in self.requests.values():
+            if request in other.fork_children:
+                other.fork_children.remove(request)
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        request.status = status
+        self.kv_cache.free(request)
+        self.requests.pop(request.req_id, None)
+
+
+class FCFSScheduler(ContinuousBatchingScheduler):
+    """First come, first served; preempts the latest arrival."""
+
+    queue_class = FCFSQueue
+
+
+class PriorityScheduler(ContinuousBatchingScheduler):
+    """Lowest priority value first (ties by arrival); preempts the lowest-priority, latest."""
+
+    queue_class = PriorityQueue
