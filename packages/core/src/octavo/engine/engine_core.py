@@ -29,6 +29,6 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
-            return []
+            return scheduled.finished
         result = self.runner.execute(scheduled)
         return self.scheduler.update(scheduled, result)

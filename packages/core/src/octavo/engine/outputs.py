@@ -27,6 +27,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted_req_ids: list[str] = field(default_factory=list)
+    finished: list[EngineCoreOutput] = field(default_factory=list)  # ended while scheduling
 
     @property
     def num_tokens(self) -> int:

@@ -115,6 +115,11 @@ class ContinuousBatchingScheduler(Scheduler):
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if self._exceeds_cache(request.num_computed_tokens + num_new):
+                self.running.remove(request)  # it cannot fit even alone: end it, don't thrash
+                self._finish(request, RequestStatus.FINISHED_LENGTH)
+                out.finished.append(EngineCoreOutput(request.req_id, finish_reason="length"))
+                continue
             while not self.kv_cache.allocate_slots(request, num_new):
                 victim = self.waiting.victim(self.running)
                 if self.running.index(victim) < index:  # already scheduled this step
@@ -143,6 +148,8 @@ class ContinuousBatchingScheduler(Scheduler):
                     break
                 num_new = budget
             if not self.kv_cache.allocate_slots(request, num_new, prefix):
+                if not self.running and self._release_waiting_blocks(keep=request):
+                    continue  # forked siblings held the blocks; they recompute later
                 break
             self.waiting.pop()
             request.num_computed_tokens = num_computed
@@ -159,6 +166,19 @@ class ContinuousBatchingScheduler(Scheduler):
         out.block_copies = self.kv_cache.take_block_copies()
         return out
 
+    def _exceeds_cache(self, num_tokens: int) -> bool:
+        return -(-num_tokens // self.kv_cache.block_size) > self.kv_cache.num_blocks
+
+    def _release_waiting_blocks(self, keep: Request) -> bool:
+        """Free the blocks of waiting requests other than ``keep``; True if any were held."""
+        released = False
+        for request in list(self.waiting):
+            if request is not keep and self.kv_cache.block_ids(request):
+                self.kv_cache.free(request)
+                request.num_computed_tokens = 0
+                released = True
+        return released
+
     @staticmethod
     def _position(scheduled: list[tuple[Request, int]], request: Request) -> int:
         return next(i for i, (r, _) in enumerate(scheduled) if r is request)
@@ -173,7 +193,7 @@ class ContinuousBatchingScheduler(Scheduler):
 
     # -- results ----------------------------------------------------------------------------
     def update(self, scheduled, result):
-        outputs = []
+        outputs = list(scheduled.finished)
         for item in scheduled.scheduled:
             request = item.request
             if request.is_finished or request.status != RequestStatus.RUNNING:
