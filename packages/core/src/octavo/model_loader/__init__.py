@@ -1,0 +1,1 @@
+"""Model loading: sources, HF config and tokenizer, weight formats, and ``load_model``."""
