@@ -33,6 +33,7 @@ class LLMEngine:
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         from octavo.model_loader.loader import load_model
 
+        torch.manual_seed(config.model.seed)  # unseeded requests draw from the default generator
         loaded = load_model(config.model)
         core = build_engine_core(loaded, config.cache, config.scheduler, loaded.max_model_len)
         return cls(core, loaded.tokenizer, vocab_size=loaded.hf_config.vocab_size,

@@ -1,0 +1,111 @@
+"""``octavo generate`` and ``octavo chat``; engine options map onto the settings fields."""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any, Literal
+
+import click
+
+from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
+from octavo.plugins.hookspecs import hookimpl
+
+ENGINE_SETTINGS = (ModelSettings, CacheSettings, SchedulerSettings)
+
+
+def _click_type(annotation: Any) -> tuple[Any, bool]:
+    """(click type, is_flag) for a settings field annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is Literal:
+        return click.Choice([str(a) for a in typing.get_args(annotation)]), False
+    if annotation is bool:
+        return bool, True
+    return {int: int, float: float}.get(annotation, str), False
+
+
+def engine_options(func):
+    """Add one ``--option`` per engine settings field (except ``model``)."""
+    for settings in reversed(ENGINE_SETTINGS):
+        for name, field in reversed(settings.model_fields.items()):
+            if name == "model":
+                continue
+            kind, is_flag = _click_type(field.annotation)
+            flag = "--" + name.replace("_", "-")
+            decls = [f"{flag}/--no-{name.replace('_', '-')}"] if is_flag else [flag]
+            func = click.option(*decls, name, type=None if is_flag else kind, default=None,
+                                help=field.description or f"{settings.__name__}.{name}")(func)
+    return func
+
+
+def build_llm(model: str | None, options: dict[str, Any]):
+    from octavo.entrypoints.llm import LLM
+
+    return LLM(model, **{k: v for k, v in options.items() if v is not None})
+
+
+def sampling_options(func):
+    @click.option("--max-tokens", type=int, default=128, show_default=True)
+    @click.option("--temperature", type=float, default=0.0, show_default=True)
+    @click.option("--top-p", type=float, default=1.0)
+    @functools.wraps(func)
+    def wrapper(*args, max_tokens, temperature, top_p, **kwargs):
+        from octavo.sampling_params import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        return func(*args, params=params, **kwargs)
+
+    return wrapper
+
+
+@click.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@sampling_options
+@engine_options
+def generate(prompts, model, params, **options):
+    """Complete each PROMPT and print the text."""
+    try:
+        llm = build_llm(model, options)
+        outputs = llm.generate(list(prompts), params)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for output in outputs:
+        click.echo(output.outputs[0].text)
+
+
+@click.command()
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@click.option("--system", default=None, help="A system prompt.")
+@sampling_options
+@engine_options
+def chat(model, system, params, **options):
+    """Chat with the model in the terminal (empty line or Ctrl-D ends)."""
+    llm = build_llm(model, options)
+    messages = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        try:
+            (output,) = llm.chat(messages, params)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            messages.pop()
+            continue
+        reply = output.outputs[0].text
+        click.echo(f"assistant> {reply}")
+        messages.append({"role": "assistant", "content": reply})
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(generate)
+    cli.add_command(chat)
