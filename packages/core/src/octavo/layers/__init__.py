@@ -1,0 +1,44 @@
+"""Model building blocks shared by every model family.
+
+Layers allocate their parameters with ``torch.empty`` on the target device and dtype (no
+initialization: checkpoints fill them), take a :class:`~octavo.modeling.ParallelConfig`, and
+create linear weights through a :class:`~octavo.layers.quantization.QuantizationMethod`.
+"""
+
+from octavo.layers.activation import GatedActivation, SiluAndMul, silu_and_mul
+from octavo.layers.attention import Attention
+from octavo.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from octavo.layers.linear import (
+    ColumnParallelLinear,
+    LinearBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    default_weight_loader,
+)
+from octavo.layers.norm import RMSNorm, rms_norm
+from octavo.layers.quantization import QuantizationMethod, UnquantizedMethod, set_weight_attrs
+from octavo.layers.rotary import (
+    RopeConfig,
+    RotaryEmbedding,
+    apply_rotary,
+    get_rope,
+    rope_config_from_hf,
+)
+from octavo.layers.weight_loading import (
+    StackedParam,
+    UnknownWeightError,
+    load_hf_weights,
+    process_weights_after_loading,
+)
+
+__all__ = [
+    "Attention", "ColumnParallelLinear", "GatedActivation", "LinearBase",
+    "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear", "QuantizationMethod",
+    "RMSNorm", "ReplicatedLinear", "RopeConfig", "RotaryEmbedding", "RowParallelLinear",
+    "SiluAndMul", "StackedParam", "UnknownWeightError", "UnquantizedMethod",
+    "VocabParallelEmbedding", "apply_rotary", "default_weight_loader", "get_rope",
+    "load_hf_weights", "process_weights_after_loading", "rms_norm", "rope_config_from_hf",
+    "set_weight_attrs", "silu_and_mul",
+]

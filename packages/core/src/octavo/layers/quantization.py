@@ -1,4 +1,15 @@
-"""How a linear layer stores and applies its weight. A model family never knows which is used."""
+"""How a linear layer stores and applies its weight. A model family never knows which is used.
+
+Parameters a method creates may carry loading hints as attributes (set them with
+:func:`set_weight_attrs`); the parallel linear layers' weight loaders read them to place a
+checkpoint shard into a merged or tensor-parallel parameter:
+
+- ``output_dim`` / ``input_dim``: which tensor dim runs along the layer's output / input
+  features (``None``: the parameter has no such dim and is copied whole). Defaults when the
+  attribute is absent: ``output_dim=0``; ``input_dim=1`` for 2-D parameters, else ``None``.
+- ``packed_dim`` and ``pack_factor``: that dim stores ``pack_factor`` logical values per element
+  (for example eight int4 values per int32), so offsets along it are divided by the factor.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+def set_weight_attrs(param: torch.Tensor, attrs: dict[str, Any] | None) -> None:
+    """Attach loading hints (``output_dim``, ``input_dim``, ``weight_loader``...) to ``param``."""
+    for key, value in (attrs or {}).items():
+        if hasattr(param, key) and key != "weight_loader":
+            raise AttributeError(f"parameter already has attribute {key!r}")
+        setattr(param, key, value)
 
 
 class QuantizationMethod(ABC):
@@ -31,6 +50,17 @@ class QuantizationMethod(ABC):
               bias: torch.Tensor | None = None) -> torch.Tensor:
         ...
 
+    def for_layer(self, prefix: str) -> QuantizationMethod | None:
+        """The method for the linear layer named ``prefix`` (``model.layers.0.mlp.down_proj``).
+
+        Override to leave some layers unquantized (return None); the default quantizes all.
+        """
+        return self
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Repack or transform ``layer``'s parameters once all checkpoint shards are loaded."""
+        return None
+
 
 class UnquantizedMethod(QuantizationMethod):
     """A dense ``weight [out_features, in_features]`` in the model dtype."""
@@ -41,6 +71,7 @@ class UnquantizedMethod(QuantizationMethod):
         layer.weight = nn.Parameter(
             torch.empty(out_features, in_features, dtype=dtype, device=device),
             requires_grad=False)
+        set_weight_attrs(layer.weight, {"output_dim": 0, "input_dim": 1})
 
     def apply(self, layer, x, bias=None):
         return torch.nn.functional.linear(x, layer.weight, bias)

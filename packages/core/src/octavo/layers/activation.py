@@ -1,0 +1,51 @@
+"""Gated activations over a fused ``[gate | up]`` projection."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` where ``x = [gate | up]`` on the last dim."""
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``gelu_tanh(gate) * up`` where ``x = [gate | up]`` on the last dim."""
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
+_GATED = {
+    "silu": silu_and_mul,
+    "swish": silu_and_mul,
+    "gelu_pytorch_tanh": gelu_tanh_and_mul,
+}
+
+
+class SiluAndMul(nn.Module):
+    """``[..., 2 * d] -> [..., d]``: ``silu(x[..., :d]) * x[..., d:]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return silu_and_mul(x)
+
+
+class GatedActivation(nn.Module):
+    """A gated activation chosen by HF's ``hidden_act`` name."""
+
+    def __init__(self, hidden_act: str) -> None:
+        super().__init__()
+        if hidden_act not in _GATED:
+            raise ValueError(f"unsupported gated activation {hidden_act!r}; "
+                             f"supported: {', '.join(sorted(_GATED))}")
+        self.hidden_act = hidden_act
+        self.fn = _GATED[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.hidden_act

@@ -1,0 +1,55 @@
+"""One layer's paged attention: owns a backend instance and reshapes to and from heads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from octavo.attention.base import AttentionBackend, AttentionMetadata
+
+
+class Attention(nn.Module):
+    """Writes this step's K/V into the layer's cache and attends over it.
+
+    Args:
+        backend: the attention backend class (``ModelContext.attention_backend``); one instance
+            is built per layer.
+        sliding_window: attend to at most this many latest positions (None: all).
+    """
+
+    def __init__(self, num_heads: int, head_size: int, num_kv_heads: int, scale: float,
+                 backend: type[AttentionBackend], *, sliding_window: int | None = None,
+                 alibi_slopes: torch.Tensor | None = None,
+                 logits_soft_cap: float | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.num_kv_heads = num_kv_heads
+        self.sliding_window = sliding_window
+        extra = {}
+        if alibi_slopes is not None:
+            extra["alibi_slopes"] = alibi_slopes
+        if logits_soft_cap is not None:
+            extra["logits_soft_cap"] = logits_soft_cap
+        self.impl: AttentionBackend = backend(num_heads, head_size, num_kv_heads, scale,
+                                              sliding_window=sliding_window, **extra)
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [num_tokens, num_heads * head_size]
+        key_cache, value_cache = kv_cache
+        out = self.impl.forward(query, key, value, key_cache, value_cache, metadata)
+        return out.reshape(out.shape[0], self.num_heads * self.head_size)
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
+                f"head_size={self.head_size}, backend={self.impl.name}, "
+                f"sliding_window={self.sliding_window}")

@@ -1,0 +1,41 @@
+"""RMSNorm, optionally fused with the residual add that precedes it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octavo.layers.linear import default_weight_loader
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x^2) + eps)``, normalized in float32 like HF's LlamaRMSNorm."""
+    dtype = x.dtype
+    h = x.float()  # [..., hidden]
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale.
+
+    ``forward(x)`` returns the normalized ``x``; ``forward(x, residual)`` first adds the residual
+    and returns ``(normalized sum, sum)``, the sum being the next residual.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(hidden_size, dtype=dtype, device=device),
+                                   requires_grad=False)
+        self.weight.weight_loader = default_weight_loader
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        x = x + residual  # [num_tokens, hidden]
+        return rms_norm(x, self.weight, self.eps), x
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

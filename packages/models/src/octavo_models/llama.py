@@ -1,0 +1,218 @@
+"""The Llama family: Llama 1/2/3, CodeLlama, Yi, SmolLM, Mistral and Qwen2 in one implementation.
+
+Differences between them come from the HF config alone:
+
+- ``attention_bias`` (Llama: q/k/v/o), Qwen2's q/k/v bias (``model_type == "qwen2"``),
+  ``mlp_bias``;
+- ``head_dim`` (may differ from ``hidden_size / num_attention_heads``);
+- ``sliding_window`` (Mistral; Qwen2 only on the layers ``layer_types`` marks, i.e. when
+  ``use_sliding_window``);
+- ``tie_word_embeddings``, ``rms_norm_eps``, RoPE (``rope_parameters`` / ``rope_scaling``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from octavo.attention.base import AttentionMetadata
+from octavo.layers import (
+    Attention,
+    GatedActivation,
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RMSNorm,
+    RowParallelLinear,
+    StackedParam,
+    VocabParallelEmbedding,
+    apply_rotary,
+    get_rope,
+    load_hf_weights,
+    process_weights_after_loading,
+)
+from octavo.modeling import CausalLM, ModelContext
+
+STACKED_PARAMS = (
+    StackedParam("qkv_proj", "q_proj", "q"),
+    StackedParam("qkv_proj", "k_proj", "k"),
+    StackedParam("qkv_proj", "v_proj", "v"),
+    StackedParam("gate_up_proj", "gate_proj", 0),
+    StackedParam("gate_up_proj", "up_proj", 1),
+)
+
+
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def attention_biases(config: Any) -> tuple[bool, bool]:
+    """(bias on q/k/v, bias on o_proj) for this config."""
+    if getattr(config, "model_type", None) == "qwen2":
+        return True, False
+    bias = bool(getattr(config, "attention_bias", False))
+    return bias, bias
+
+
+def sliding_window_of(config: Any, layer_idx: int) -> int | None:
+    """The sliding window of layer ``layer_idx`` (None: full attention)."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    if hasattr(config, "use_sliding_window"):  # Qwen2 configs from transformers < 4.53
+        max_window_layers = getattr(config, "max_window_layers", 0)
+        return window if config.use_sliding_window and layer_idx >= max_window_layers else None
+    return window
+
+
+class LlamaAttention(nn.Module):
+    """Fused QKV projection, RoPE, paged attention, output projection."""
+
+    def __init__(self, config: Any, ctx: ModelContext, layer_idx: int, prefix: str) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        num_heads = config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        self.head_dim = head_dim_of(config)
+        qkv_bias, o_bias = attention_biases(config)
+        common = dict(parallel=ctx.parallel, quant_method=ctx.quantization, dtype=ctx.dtype,
+                      device=ctx.device)
+        self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, num_heads, num_kv_heads,
+                                          bias=qkv_bias, prefix=f"{prefix}.qkv_proj", **common)
+        self.o_proj = RowParallelLinear(num_heads * self.head_dim, hidden, bias=o_bias,
+                                        prefix=f"{prefix}.o_proj", **common)
+        self.num_heads = self.qkv_proj.num_heads  # on this rank
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads,
+                              self.head_dim ** -0.5, ctx.attention_backend,
+                              sliding_window=sliding_window_of(config, layer_idx))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [T, hidden]
+        cos_sin: tuple[torch.Tensor, torch.Tensor],  # each [T, rotary_dim / 2]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        num_tokens = hidden.shape[0]
+        heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
+        # q and k rotate together: one rotary over H + KH heads
+        qk = qkv[:, : (heads + kv_heads) * d].view(num_tokens, heads + kv_heads, d)
+        qk = apply_rotary(qk, *cos_sin)  # [T, H + KH, D]
+        v = qkv[:, (heads + kv_heads) * d:].view(num_tokens, kv_heads, d)  # [T, KH, D]
+        out = self.attn(qk[:, :heads], qk[:, heads:], v, kv_cache, metadata)  # [T, H * D]
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` with gate and up fused into one matmul."""
+
+    def __init__(self, config: Any, ctx: ModelContext, prefix: str) -> None:
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        inter = config.intermediate_size
+        common = dict(parallel=ctx.parallel, quant_method=ctx.quantization, dtype=ctx.dtype,
+                      device=ctx.device)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [inter, inter], bias=bias, prefix=f"{prefix}.gate_up_proj",
+            **common)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias,
+                                           prefix=f"{prefix}.down_proj", **common)
+        self.act = GatedActivation(getattr(config, "hidden_act", "silu"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
+        return self.down_proj(self.act(self.gate_up_proj(x)))  # via [T, 2 * inter / tp]
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm attention and MLP blocks; the residual add is fused into the next norm."""
+
+    def __init__(self, config: Any, ctx: ModelContext, layer_idx: int, prefix: str) -> None:
+        super().__init__()
+        eps = config.rms_norm_eps
+        norm = dict(dtype=ctx.dtype, device=ctx.device)
+        self.self_attn = LlamaAttention(config, ctx, layer_idx, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config, ctx, f"{prefix}.mlp")
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, **norm)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **norm)
+
+    def forward(self, hidden, residual, cos_sin, kv_cache, metadata):
+        """Returns ``(mlp output, residual)``; their sum is the layer's output."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, cos_sin, kv_cache, metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (HF's ``model.*``)."""
+
+    def __init__(self, config: Any, ctx: ModelContext, prefix: str = "model") -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, parallel=ctx.parallel, dtype=ctx.dtype,
+            device=ctx.device)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, ctx, i, f"{prefix}.layers.{i}")
+            for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=ctx.dtype,
+                            device=ctx.device)
+        self.rotary_emb = get_rope(config, head_dim_of(config), device=ctx.device)
+
+    def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)  # [T, hidden]
+        cos_sin = self.rotary_emb.cos_sin(positions)  # once for all layers
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden, residual = layer(hidden, residual, cos_sin, kv_cache, metadata)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(CausalLM):
+    """Serves HF ``LlamaForCausalLM``, ``MistralForCausalLM`` and ``Qwen2ForCausalLM``.
+
+    Parameters are allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
+    :meth:`load_weights` fills them from HF-named tensors.
+    """
+
+    def __init__(self, config: Any, ctx: ModelContext) -> None:
+        super().__init__(config, ctx)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.model = LlamaModel(config, ctx)
+        self.lm_head = ParallelLMHead(
+            config.vocab_size, config.hidden_size, parallel=ctx.parallel, dtype=ctx.dtype,
+            device=ctx.device,
+            tied_to=self.model.embed_tokens if self.tie_word_embeddings else None)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] int64
+        positions: torch.Tensor,  # [T] int64
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        return self.model(input_ids, positions, kv_caches, metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, vocab] float32
+        return self.lm_head.compute_logits(hidden)
+
+    def _skip_weight(self, name: str) -> bool:
+        if "rotary_emb." in name:  # inv_freq / cos / sin buffers of older checkpoints
+            return True
+        return self.tie_word_embeddings and name == "lm_head.weight"
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = load_hf_weights(self, weights, STACKED_PARAMS, skip=self._skip_weight)
+        process_weights_after_loading(self)
+        return loaded
