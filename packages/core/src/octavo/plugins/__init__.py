@@ -2,8 +2,12 @@
 
 from octavo.plugins.hookspecs import hookimpl, hookspec
 from octavo.plugins.manager import (
+    ALLOWLIST_ENV,
     DEFAULT_PLUGINS,
+    ENTRY_POINT_GROUP,
+    REGISTRY_HOOKS,
     OctavoPluginManager,
+    PluginInfo,
     attention_backends,
     get_plugin_manager,
     kv_cache_managers,
@@ -17,7 +21,8 @@ from octavo.plugins.manager import (
 from octavo.plugins.registry import PluginError, Registry
 
 __all__ = [
-    "DEFAULT_PLUGINS", "OctavoPluginManager", "PluginError", "Registry", "attention_backends",
+    "ALLOWLIST_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "REGISTRY_HOOKS",
+    "OctavoPluginManager", "PluginError", "PluginInfo", "Registry", "attention_backends",
     "get_plugin_manager", "hookimpl", "hookspec", "kv_cache_managers", "models",
     "quantization_methods", "reset_plugin_manager", "schedulers", "swappers", "weight_formats",
 ]

@@ -1,8 +1,10 @@
 """Octavo's hook specifications.
 
 Every ``register_*`` hook receives a ``register`` callable. A plugin calls it once per thing it
-provides: ``register(name, ref)`` where ``ref`` is either the object itself or a string reference
-``"package.module:Attribute"`` that is imported only when first used.
+provides: ``register(name, ref)`` where ``ref`` is either the class itself or a string reference
+``"package.module:Attribute"`` that is imported only when first used. The interface each hook's
+classes must implement is in ``octavo.plugins.manager.REGISTRY_HOOKS``; docs/plugins.md documents
+every hook (a test checks that).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ Register = Callable[[str, Any], None]
 
 @hookspec
 def register_models(register: Register) -> None:
-    """Register model classes by HF ``architectures`` name (``"LlamaForCausalLM"``)."""
+    """Register model classes (``octavo.modeling.CausalLM``) by HF ``architectures`` name."""
 
 
 @hookspec
@@ -30,7 +32,7 @@ def register_attention_backends(register: Register) -> None:
 
 @hookspec
 def register_quantization_methods(register: Register) -> None:
-    """Register quantization methods by the ``quant_method`` of a checkpoint's config.json."""
+    """Register ``QuantizationMethod`` classes by a checkpoint's ``quant_method``."""
 
 
 @hookspec
@@ -50,9 +52,9 @@ def register_swappers(register: Register) -> None:
 
 @hookspec
 def register_weight_formats(register: Register) -> None:
-    """Register weight loaders by file glob pattern (``"*.safetensors"``)."""
+    """Register ``WeightFormat`` classes by file glob (``"*.safetensors"``)."""
 
 
 @hookspec
 def register_commands(cli: Any) -> None:
-    """Add subcommands to the ``octavo`` click group ``cli``."""
+    """Add subcommands to ``cli``, a click group merged into the ``octavo`` command."""

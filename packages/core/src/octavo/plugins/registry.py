@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 
 class PluginError(Exception):
-    """A plugin registered something invalid; the message names the plugin and distribution."""
+    """A plugin is broken or registered something invalid; the message names plugin and distribution."""
+
+
+def origin(plugin: str, distribution: str) -> str:
+    """How error messages name a plugin: ``plugin 'x' (distribution 'y')``."""
+    return f"plugin {plugin!r} (distribution {distribution!r})"
 
 
 @dataclass
 class Entry:
+    """One registered name: the object or its ``"module:attr"`` reference, and who registered it."""
+
     name: str
-    ref: Any  # the object, or "module:attr"
+    ref: Any
     plugin: str
     distribution: str
     _loaded: Any = field(default=None, repr=False)
 
     @property
     def origin(self) -> str:
-        return f"plugin {self.plugin!r} (distribution {self.distribution!r})"
+        return origin(self.plugin, self.distribution)
 
 
 def import_ref(ref: str) -> Any:
+    """Import ``"package.module:Attribute"`` (the attribute may be dotted)."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ImportError(f"{ref!r} is not of the form 'package.module:Attribute'")
@@ -36,11 +45,11 @@ def import_ref(ref: str) -> Any:
 
 
 class Registry:
-    """Maps names to implementations of one interface.
+    """Maps names to implementations of one interface, imported and validated on first use.
 
     Args:
         kind: what the registry holds, for messages ("attention backend").
-        interface: a ``"module:Class"`` the entries must subclass, or None.
+        interface: a ``"module:Class"`` every entry must subclass (concretely), or None.
         check: optional extra validator ``check(obj) -> str | None`` (an error text).
     """
 
@@ -52,18 +61,19 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def add(self, name: str, ref: Any, plugin: str, distribution: str) -> None:
+        """Record ``name -> ref`` for ``plugin``; a duplicate or malformed entry is a PluginError."""
+        where = origin(plugin, distribution)
         if not isinstance(name, str) or not name:
-            raise PluginError(
-                f"plugin {plugin!r} (distribution {distribution!r}) registered a {self.kind} "
-                f"with an invalid name {name!r}")
+            raise PluginError(f"{where} registered a {self.kind} with an invalid name {name!r}")
+        if isinstance(ref, str) and ":" not in ref:
+            raise PluginError(f"{where} registered {self.kind} {name!r} as {ref!r}, which is not "
+                              "of the form 'package.module:Attribute'")
         if name in self._entries:
-            prev = self._entries[name]
-            raise PluginError(
-                f"{self.kind} {name!r} registered twice: by {prev.origin} and by plugin "
-                f"{plugin!r} (distribution {distribution!r})")
+            raise PluginError(f"{self.kind} {name!r} registered twice: by "
+                              f"{self._entries[name].origin} and by {where}")
         self._entries[name] = Entry(name, ref, plugin, distribution)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -73,9 +83,11 @@ class Registry:
         return len(self._entries)
 
     def names(self) -> list[str]:
+        """Registered names, in registration order (core's defaults first)."""
         return list(self._entries)
 
     def entry(self, name: str) -> Entry:
+        """The entry for ``name`` without importing it; KeyError lists the known names."""
         try:
             return self._entries[name]
         except KeyError:
@@ -90,25 +102,33 @@ class Registry:
         return entry._loaded
 
     def load_all(self) -> dict[str, Any]:
+        """Import and validate every entry."""
         return {name: self.get(name) for name in self._entries}
 
     def _resolve(self, entry: Entry) -> Any:
+        where = f"{self.kind} {entry.name!r} from {entry.origin}"
         obj = entry.ref
         if isinstance(obj, str):
             try:
                 obj = import_ref(obj)
-            except (ImportError, AttributeError) as exc:
-                raise PluginError(
-                    f"{self.kind} {entry.name!r} from {entry.origin}: cannot import "
-                    f"{entry.ref!r}: {exc}") from exc
+            except Exception as exc:
+                raise PluginError(f"{where}: cannot import {entry.ref!r}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         if self.interface is not None:
-            base = import_ref(self.interface)
+            try:
+                base = import_ref(self.interface)
+            except Exception as exc:
+                raise PluginError(f"{where}: cannot import the interface {self.interface!r} "
+                                  f"to check it against: {exc}") from exc
             if not (isinstance(obj, type) and issubclass(obj, base)):
-                raise PluginError(
-                    f"{self.kind} {entry.name!r} from {entry.origin}: {obj!r} does not "
-                    f"implement {self.interface}")
+                raise PluginError(f"{where}: {obj!r} does not implement {self.interface} "
+                                  "(it is not a subclass)")
+            if inspect.isabstract(obj):
+                missing = ", ".join(sorted(obj.__abstractmethods__))
+                raise PluginError(f"{where}: {obj.__qualname__} does not implement "
+                                  f"{self.interface}: abstract methods left: {missing}")
         if self.check is not None:
             problem = self.check(obj)
             if problem:
-                raise PluginError(f"{self.kind} {entry.name!r} from {entry.origin}: {problem}")
+                raise PluginError(f"{where}: {problem}")
         return obj

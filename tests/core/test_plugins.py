@@ -1,0 +1,167 @@
+"""The plugin manager: discovery of the installed example plugin, OCTAVO_PLUGINS, laziness."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from octavo.plugins import (
+    DEFAULT_PLUGINS,
+    REGISTRY_HOOKS,
+    OctavoPluginManager,
+    PluginError,
+    Registry,
+    attention_backends,
+    get_plugin_manager,
+    models,
+    reset_plugin_manager,
+)
+from octavo.plugins import manager as manager_module
+from octavo.plugins.registry import import_ref
+
+EXAMPLE_DIST = "octavo-example-plugin"
+EXAMPLE_ROOT = Path(__file__).resolve().parents[1] / "plugins" / "octavo-example-plugin"
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+def test_example_plugin_is_an_installed_distribution():
+    (ep,) = [ep for ep in md.entry_points(group="octavo") if ep.name == "example"]
+    assert ep.value == "octavo_example_plugin.plugin"
+    assert ep.dist.name == EXAMPLE_DIST
+    assert ep.dist.version == "0.1.0"
+    # The editable install points at the copy in this repository.
+    module = ep.load()
+    assert Path(module.__file__).resolve().is_relative_to(EXAMPLE_ROOT)
+
+
+def test_example_plugin_is_discovered_with_its_metadata_and_hooks():
+    info = get_plugin_manager().plugins["example"]
+    assert (info.distribution, info.version) == (EXAMPLE_DIST, "0.1.0")
+    assert info.hooks == sorted([*REGISTRY_HOOKS, "register_commands"])
+    assert attention_backends().entry("example-sdpa").origin == (
+        f"plugin 'example' (distribution '{EXAMPLE_DIST}')")
+
+
+def test_defaults_are_registered_first_as_a_plugin():
+    pm = get_plugin_manager()
+    assert list(pm.plugins)[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
+    core = pm.plugins["octavo.plugins.defaults"]
+    assert core.distribution == "octavo-core"
+    assert core.version == md.version("octavo-core")
+    assert attention_backends().names()[0] == "torch"
+    assert attention_backends().entry("torch").distribution == "octavo-core"
+
+
+@pytest.mark.parametrize("hook", sorted(REGISTRY_HOOKS))
+def test_every_default_resolves_to_its_interface(hook):
+    registry = get_plugin_manager().registry(hook)
+    interface = import_ref(REGISTRY_HOOKS[hook][1])
+    defaults = [n for n in registry if registry.entry(n).plugin in DEFAULT_PLUGINS]
+    for name in defaults:
+        cls = registry.get(name)
+        assert issubclass(cls, interface), (hook, name)
+
+
+@pytest.mark.parametrize("allow, expect_example", [
+    (None, True), ("example", True), (" models , example ", True), ("", False), ("models", False),
+])
+def test_octavo_plugins_allowlist(monkeypatch, allow, expect_example):
+    if allow is not None:
+        monkeypatch.setenv("OCTAVO_PLUGINS", allow)
+    pm = get_plugin_manager()
+    assert ("example" in pm.plugins) is expect_example
+    assert ("example-sdpa" in attention_backends()) is expect_example
+    assert ("OctavoExampleForCausalLM" in models()) is expect_example
+    assert "torch" in attention_backends()  # core's defaults load whatever the allowlist says
+    if allow == "":
+        assert list(pm.plugins) == list(DEFAULT_PLUGINS)
+    if allow is not None:
+        assert set(pm.plugins) - set(DEFAULT_PLUGINS) <= {p.strip() for p in allow.split(",")}
+
+
+def test_allowlist_naming_a_missing_plugin_warns(monkeypatch, caplog):
+    monkeypatch.setenv("OCTAVO_PLUGINS", "example,no-such-plugin")
+    with caplog.at_level(logging.WARNING, logger="octavo.plugins.manager"):
+        pm = get_plugin_manager()
+    assert "example" in pm.plugins
+    assert "no-such-plugin" in caplog.text
+
+
+def test_reset_applies_a_new_allowlist(monkeypatch):
+    assert "example" in get_plugin_manager().plugins
+    monkeypatch.setenv("OCTAVO_PLUGINS", "")
+    assert "example" in get_plugin_manager().plugins  # loaded once: no change until reset
+    reset_plugin_manager()
+    assert "example" not in get_plugin_manager().plugins
+
+
+def test_loads_once(monkeypatch):
+    calls = []
+    real = manager_module.plugin_entry_points
+    monkeypatch.setattr(manager_module, "plugin_entry_points",
+                        lambda: calls.append(1) or real())
+    pm = get_plugin_manager()
+    assert get_plugin_manager() is pm
+    pm.load()
+    attention_backends()
+    assert calls == [1]
+
+
+def test_nothing_is_imported_before_first_use(monkeypatch):
+    monkeypatch.delitem(sys.modules, "octavo_example_plugin.plugin", raising=False)
+    monkeypatch.delitem(sys.modules, "octavo_example_plugin.attention", raising=False)
+    pm = OctavoPluginManager()
+    assert "octavo_example_plugin.plugin" not in sys.modules  # constructing loads nothing
+    pm.load()
+    assert "octavo_example_plugin.plugin" in sys.modules
+    registry = pm.registry("register_attention_backends")
+    assert registry.entry("example-sdpa").ref == (
+        "octavo_example_plugin.attention:SDPAAttentionBackend")
+    assert "octavo_example_plugin.attention" not in sys.modules  # string refs stay lazy
+    cls = registry.get("example-sdpa")
+    assert cls is sys.modules["octavo_example_plugin.attention"].SDPAAttentionBackend
+    assert registry.get("example-sdpa") is cls
+
+
+def test_registry_accepts_objects_and_reports_unknown_names():
+    from octavo.attention.torch_backend import TorchAttentionBackend
+
+    registry = Registry("attention backend", "octavo.attention.base:AttentionBackend")
+    registry.add("direct", TorchAttentionBackend, "p", "dist-p")
+    registry.add("lazy", "octavo.attention.torch_backend:TorchAttentionBackend", "p", "dist-p")
+    assert registry.get("direct") is registry.get("lazy") is TorchAttentionBackend
+    assert registry.load_all() == {"direct": TorchAttentionBackend, "lazy": TorchAttentionBackend}
+    assert list(registry) == ["direct", "lazy"] and len(registry) == 2
+    with pytest.raises(KeyError, match=r"no attention backend named 'nope' \(registered: direct, lazy\)"):
+        registry.get("nope")
+
+
+def test_registry_extra_check_names_the_plugin():
+    registry = Registry("thing", check=lambda obj: None if callable(obj) else "not callable")
+    registry.add("ok", len, "p", "dist-p")
+    registry.add("bad", 3, "q", "dist-q")
+    assert registry.get("ok") is len
+    with pytest.raises(PluginError, match=r"thing 'bad' from plugin 'q' \(distribution 'dist-q'\): "
+                                          r"not callable"):
+        registry.get("bad")
+
+
+def test_octavo_testing_is_a_pytest11_plugin(pytestconfig):
+    (ep,) = [ep for ep in md.entry_points(group="pytest11") if ep.name == "octavo"]
+    assert ep.value == "octavo.testing.pytest_plugin"
+    assert ep.dist.name == "octavo-core"
+    module = importlib.import_module("octavo.testing.pytest_plugin")
+    assert ep.load() is module
+    assert pytestconfig.pluginmanager.get_plugin("octavo") is module  # loaded in this session

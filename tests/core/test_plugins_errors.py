@@ -1,0 +1,265 @@
+"""Broken plugins fail with a PluginError naming the plugin and its distribution.
+
+Each broken plugin is a real distribution: a ``*.dist-info`` folder (METADATA and
+entry_points.txt, as pip writes them) plus its module, on a temporary ``sys.path`` entry, so
+``importlib.metadata`` discovers it exactly like an installed package.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from octavo.cli import cli
+from octavo.plugins import OctavoPluginManager, PluginError, reset_plugin_manager
+
+HEADER = "from octavo.plugins import hookimpl\n"
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+@pytest.fixture
+def make_dist(tmp_path, monkeypatch):
+    """``make_dist(dist, {ep_name: module}, {module: source})`` installs a tiny distribution.
+
+    Each module's source gets ``from octavo.plugins import hookimpl`` prepended.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def make(dist: str, entry_points: dict[str, str], sources: dict[str, str]) -> None:
+        info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(
+            "[octavo]\n" + "".join(f"{name} = {mod}\n" for name, mod in entry_points.items()))
+        for module, source in sources.items():
+            (site / f"{module}.py").write_text(HEADER + textwrap.dedent(source))
+            modules.append(module)
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def load(monkeypatch, *names: str) -> OctavoPluginManager:
+    monkeypatch.setenv("OCTAVO_PLUGINS", ",".join(names))
+    return OctavoPluginManager().load()
+
+
+
+def test_good_temporary_distribution_loads(make_dist, monkeypatch):
+    make_dist("octavo-good-plugin", {"good": "good_plugin"}, {"good_plugin": """
+        @hookimpl
+        def register_attention_backends(register):
+            register("good", "octavo.attention.torch_backend:TorchAttentionBackend")
+        """})
+    pm = load(monkeypatch, "good")
+    info = pm.plugins["good"]
+    assert (info.distribution, info.version, info.hooks) == (
+        "octavo-good-plugin", "1.2.3", ["register_attention_backends"])
+    assert pm.registry("register_attention_backends").get("good").name == "torch"
+
+
+def test_entry_point_that_does_not_import(make_dist, monkeypatch):
+    make_dist("octavo-boom-plugin", {"boom": "boom_plugin"},
+              {"boom_plugin": "raise ImportError('needs libfoo')\n"})
+    with pytest.raises(PluginError) as err:
+        load(monkeypatch, "boom")
+    assert str(err.value) == ("plugin 'boom' (distribution 'octavo-boom-plugin'): entry point "
+                              "'boom_plugin' failed to import: ImportError: needs libfoo")
+
+
+def test_failed_load_is_retried_with_the_same_error(make_dist, monkeypatch):
+    make_dist("octavo-boom-plugin", {"boom": "boom_plugin"},
+              {"boom_plugin": "raise RuntimeError('broken')\n"})
+    monkeypatch.setenv("OCTAVO_PLUGINS", "boom")
+    pm = OctavoPluginManager()
+    for _ in range(2):
+        with pytest.raises(PluginError, match="'boom' .*RuntimeError: broken"):
+            pm.load()
+    assert pm.plugins == {}
+
+
+def test_same_plugin_name_in_two_distributions(make_dist, monkeypatch):
+    make_dist("octavo-dup-a", {"dup": "dup_a"}, {"dup_a": HEADER})
+    make_dist("octavo-dup-b", {"dup": "dup_b"}, {"dup_b": HEADER})
+    with pytest.raises(PluginError, match="plugin name 'dup' used twice: by distribution "
+                                          "'octavo-dup-a' and by 'octavo-dup-b'"):
+        load(monkeypatch, "dup")
+
+
+def test_name_registered_twice_names_both_plugins(make_dist, monkeypatch):
+    make_dist("octavo-clash-plugin", {"clash": "clash_plugin"}, {"clash_plugin": """
+        @hookimpl
+        def register_attention_backends(register):
+            register("torch", "clash_plugin:Backend")
+        """})
+    with pytest.raises(PluginError) as err:
+        load(monkeypatch, "clash")
+    assert str(err.value) == (
+        "attention backend 'torch' registered twice: by plugin 'octavo.plugins.defaults' "
+        "(distribution 'octavo-core') and by plugin 'clash' (distribution 'octavo-clash-plugin')")
+
+
+def test_reference_that_does_not_import(make_dist, monkeypatch):
+    make_dist("octavo-ghost-plugin", {"ghost": "ghost_plugin"}, {"ghost_plugin": """
+        @hookimpl
+        def register_models(register):
+            register("GhostForCausalLM", "ghost_plugin_missing.model:GhostForCausalLM")
+            register("TypoForCausalLM", "ghost_plugin:TypoForCausalLm")
+        """})
+    registry = load(monkeypatch, "ghost").registry("register_models")
+    assert "GhostForCausalLM" in registry  # registering is lazy: nothing imported yet
+    with pytest.raises(PluginError) as err:
+        registry.get("GhostForCausalLM")
+    assert str(err.value).startswith(
+        "model 'GhostForCausalLM' from plugin 'ghost' (distribution 'octavo-ghost-plugin'): "
+        "cannot import 'ghost_plugin_missing.model:GhostForCausalLM': ModuleNotFoundError")
+    with pytest.raises(PluginError, match="'TypoForCausalLM' from plugin 'ghost' .*"
+                                          "AttributeError.*TypoForCausalLm"):
+        registry.get("TypoForCausalLM")
+
+
+def test_malformed_reference_fails_at_registration(make_dist, monkeypatch):
+    make_dist("octavo-colon-plugin", {"colon": "colon_plugin"}, {"colon_plugin": """
+        @hookimpl
+        def register_swappers(register):
+            register("disk", "colon_plugin.DiskSwapper")
+        """})
+    with pytest.raises(PluginError, match=r"plugin 'colon' \(distribution 'octavo-colon-plugin'\) "
+                                          r"registered swapper 'disk' as 'colon_plugin.DiskSwapper'"):
+        load(monkeypatch, "colon")
+
+
+def test_class_that_does_not_implement_the_interface(make_dist, monkeypatch):
+    make_dist("octavo-wrong-plugin", {"wrong": "wrong_plugin"}, {"wrong_plugin": """
+        from octavo.attention.base import AttentionBackend
+        from octavo.model_loader.weights import WeightFormat
+
+        class NotABackend:
+            def forward(self, *args):
+                return None
+
+        class HalfABackend(AttentionBackend):  # forgets forward
+            name = "half"
+
+        class NotQuiteAFormat(WeightFormat):  # forgets iter_weights
+            name = "txt"
+
+        @hookimpl
+        def register_attention_backends(register):
+            register("duck", "wrong_plugin:NotABackend")
+            register("half", HalfABackend)
+
+        @hookimpl
+        def register_weight_formats(register):
+            register("*.txt", NotQuiteAFormat)
+        """})
+    pm = load(monkeypatch, "wrong")
+    backends = pm.registry("register_attention_backends")
+    where = re.escape("from plugin 'wrong' (distribution 'octavo-wrong-plugin')")
+    with pytest.raises(PluginError, match=rf"attention backend 'duck' {where}: .*NotABackend.* "
+                                          r"does not implement octavo.attention.base:"
+                                          r"AttentionBackend \(it is not a subclass\)"):
+        backends.get("duck")
+    with pytest.raises(PluginError, match=rf"attention backend 'half' {where}: HalfABackend does "
+                                          r"not implement .*abstract methods left: forward"):
+        backends.get("half")
+    with pytest.raises(PluginError, match=rf"weight format '\*.txt' {where}: NotQuiteAFormat "
+                                          r"does not implement .*: iter_weights"):
+        pm.registry("register_weight_formats").get("*.txt")
+
+
+def test_unknown_hook_is_caught_by_check_pending(make_dist, monkeypatch):
+    make_dist("octavo-typo-plugin", {"typo": "typo_plugin"}, {"typo_plugin": """
+        @hookimpl
+        def register_model(register):  # missing "s"
+            register("X", "typo_plugin:X")
+        """})
+    with pytest.raises(PluginError, match=r"plugin 'typo' \(distribution 'octavo-typo-plugin'\): "
+                                          r".*unknown hook 'register_model'"):
+        load(monkeypatch, "typo")
+
+
+def test_hook_with_wrong_arguments(make_dist, monkeypatch):
+    make_dist("octavo-args-plugin", {"args": "args_plugin"}, {"args_plugin": """
+        @hookimpl
+        def register_models(reg):
+            reg("X", "args_plugin:X")
+        """})
+    with pytest.raises(PluginError, match=r"(?s)plugin 'args' \(distribution 'octavo-args-plugin'\): "
+                                          r".*register_models\(reg\)"):
+        load(monkeypatch, "args")
+
+
+def test_hook_that_raises(make_dist, monkeypatch):
+    make_dist("octavo-raise-plugin", {"raiser": "raise_plugin"}, {"raise_plugin": """
+        @hookimpl
+        def register_schedulers(register):
+            raise KeyError("no config")
+        """})
+    with pytest.raises(PluginError, match=r"plugin 'raiser' \(distribution 'octavo-raise-plugin'\): "
+                                          r"register_schedulers raised KeyError: 'no config'"):
+        load(monkeypatch, "raiser")
+
+
+def test_allowlist_skips_a_broken_plugin(make_dist, monkeypatch):
+    make_dist("octavo-boom-plugin", {"boom": "boom_plugin"},
+              {"boom_plugin": "raise ImportError('needs libfoo')\n"})
+    with pytest.raises(PluginError, match="'boom'"):
+        OctavoPluginManager().load()  # OCTAVO_PLUGINS unset: every plugin loads
+    pm = load(monkeypatch, "example")
+    assert "example" in pm.plugins and "boom" not in pm.plugins
+
+
+COMMAND_PLUGIN = """
+    import click
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command(name={name!r})
+        def command():
+            click.echo("hi")
+    """
+
+
+def test_command_name_used_twice(make_dist, monkeypatch):
+    make_dist("octavo-cmd-a", {"cmd-a": "cmd_a"}, {"cmd_a": COMMAND_PLUGIN.format(name="hello")})
+    make_dist("octavo-cmd-b", {"cmd-b": "cmd_b"}, {"cmd_b": COMMAND_PLUGIN.format(name="hello")})
+    monkeypatch.setenv("OCTAVO_PLUGINS", "cmd-a,cmd-b")
+    result = CliRunner().invoke(cli, ["hello"])
+    assert result.exit_code == 1
+    assert ("Error: command 'hello' registered twice: by plugin 'cmd-a' (distribution "
+            "'octavo-cmd-a') and by plugin 'cmd-b' (distribution 'octavo-cmd-b')") in result.output
+
+
+def test_command_that_shadows_a_builtin(make_dist, monkeypatch):
+    make_dist("octavo-cmd-a", {"cmd-a": "cmd_a"}, {"cmd_a": COMMAND_PLUGIN.format(name="plugins")})
+    monkeypatch.setenv("OCTAVO_PLUGINS", "cmd-a")
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 1
+    assert ("Error: plugin 'cmd-a' (distribution 'octavo-cmd-a') adds command 'plugins', which "
+            "octavo already has") in result.output
+
+
+def test_cli_reports_a_broken_plugin(make_dist, monkeypatch):
+    make_dist("octavo-boom-plugin", {"boom": "boom_plugin"},
+              {"boom_plugin": "raise ImportError('needs libfoo')\n"})
+    monkeypatch.setenv("OCTAVO_PLUGINS", "boom")
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: plugin 'boom' (distribution 'octavo-boom-plugin'): entry "
+                             "point 'boom_plugin' failed to import: ImportError: needs libfoo\n")
