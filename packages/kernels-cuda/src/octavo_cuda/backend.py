@@ -1,0 +1,89 @@
+"""The CUDA C++ PagedAttention backend."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from octavo.attention.base import AttentionBackend, AttentionMetadata
+from octavo_cuda.build import load_ops, toolchain_available
+
+
+class CudaAttentionBackend(AttentionBackend):
+    """Hand-written CUDA kernels: cache write plus one paged attention kernel for decodes and
+    prefill chunks alike (GQA, sliding window, ALiBi, logits soft cap; float32 accumulation).
+
+    Constructing the first instance builds the kernels (JIT, cached on disk; see
+    :mod:`octavo_cuda.build`), so no build ever happens inside a forward or a graph capture.
+
+    Args:
+        partition_size: split-KV control for tests and tuning; 0 (default) decides per call,
+            > 0 forces KV partitions of about that many tokens, < 0 never splits.
+    """
+
+    name = "cuda"
+    priority = 20
+    supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = (64, 80, 96, 128, 256)
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        num_kv_heads: int,
+        scale: float,
+        *,
+        alibi_slopes: torch.Tensor | None = None,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
+        partition_size: int = 0,
+    ) -> None:
+        super().__init__(num_heads, head_size, num_kv_heads, scale, alibi_slopes=alibi_slopes,
+                         sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
+        if head_size not in self.supported_head_sizes:
+            raise ValueError(f"{type(self).__name__} supports head sizes "
+                             f"{self.supported_head_sizes}, not {head_size}")
+        if alibi_slopes is not None and alibi_slopes.numel() != num_heads:
+            raise ValueError(f"alibi_slopes has {alibi_slopes.numel()} entries, "
+                             f"expected num_heads={num_heads}")
+        if sliding_window is not None and sliding_window <= 0:
+            raise ValueError(f"sliding_window must be positive, got {sliding_window}")
+        if logits_soft_cap is not None and logits_soft_cap <= 0:
+            raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
+        self.partition_size = int(partition_size)
+        self._slopes: dict[torch.device, torch.Tensor] = {}
+        ops = load_ops()
+        self._reshape_and_cache = ops.reshape_and_cache
+        self._paged_attention = ops.paged_attention
+
+    @classmethod
+    def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
+        return super().supports(device, dtype, head_size) and toolchain_available()
+
+    def _alibi_on(self, device: torch.device) -> torch.Tensor | None:
+        if self.alibi_slopes is None:
+            return None
+        slopes = self._slopes.get(device)
+        if slopes is None:
+            slopes = self.alibi_slopes.to(device=device, dtype=torch.float32).contiguous()
+            self._slopes[device] = slopes
+        return slopes
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
+        value_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
+        self._reshape_and_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+        self._paged_attention(
+            out, query, key_cache, value_cache, metadata.block_tables, metadata.seq_lens,
+            metadata.query_start_loc, metadata.max_query_len, metadata.max_seq_len,
+            float(self.scale), self._alibi_on(query.device), int(self.sliding_window or 0),
+            float(self.logits_soft_cap or 0.0), self.partition_size)
+        return out
