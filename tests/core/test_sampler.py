@@ -324,3 +324,15 @@ def test_cuda_matches_cpu_and_seeded_rows_are_reproducible():
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     for i in greedy:
         assert first.token_ids[i + 1] == cpu[i].argmax().item()
+    for i in range(len(rows)):
+        _check_entry(first.logprobs[i + 1], logits[i], first.token_ids[i + 1], 3)
+
+    small = torch.tensor([1.0, 0.5, 2.0, -1.0, 0.0, 1.5, -3.0, 0.8])
+    params = SamplingParams(top_k=4, top_p=0.9, temperature=1.3)
+    expected = ref_filter(small, params).double().softmax(dim=-1)
+    draws = 50_000
+    tokens = Sampler().sample(small.cuda().expand(draws, -1),
+                              [SamplingRow(params, [0], [], None)] * draws).token_ids
+    freq = torch.bincount(torch.tensor(tokens), minlength=8).double() / draws
+    sigma = (expected * (1 - expected) / draws).sqrt()
+    assert torch.all((freq - expected).abs() <= 5 * sigma + 1e-9), (freq, expected)
