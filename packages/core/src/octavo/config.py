@@ -27,7 +27,7 @@ class ModelSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_model_len: int | None = Field(None, gt=0, description="Defaults to the model's context.")
     attention_backend: str | None = Field(None, description="None: best supported backend.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the generator of requests that give no seed.")
     trust_remote_code: bool = False
 
 

@@ -69,7 +69,7 @@ def _decode_attention(
     group = num_heads // num_kv_heads
     num_blocks = -(-max_seq_len // block_size)
     table = block_tables[:, :num_blocks].long()
-    k = key_cache[table].flatten(1, 2).float()  # [S, T, KH, D]
+    k = key_cache[table].flatten(1, 2).float()  # [S, T, KH, D], a gathered copy
     v = value_cache[table].flatten(1, 2).float()
     q = query.float().view(num_seqs, num_kv_heads, group, head_size)
     scores = torch.matmul(q, k.permute(0, 2, 3, 1)) * scale  # [S, KH, G, T]
@@ -80,7 +80,7 @@ def _decode_attention(
                             sliding_window, logits_soft_cap)
     probs = torch.softmax(scores, dim=-1)
     padding = k_pos.view(1, -1, 1, 1) >= seq_lens.long().view(-1, 1, 1, 1)
-    v = v.masked_fill(padding, 0.0)  # slots past a sequence's end may hold anything, even NaN
+    v.masked_fill_(padding, 0.0)  # slots past a sequence's end may hold anything, even NaN
     out = torch.matmul(probs, v.transpose(1, 2))  # [S, KH, G, D]
     return out.reshape(num_seqs, num_heads, head_size).to(query.dtype)
 

@@ -27,6 +27,7 @@ ALLOWLIST_ENV = "OCTAVO_PLUGINS"
 # Core's own implementations, registered exactly like third-party plugins (always loaded).
 DEFAULT_PLUGINS = (
     "octavo.plugins.defaults",
+    "octavo.commands",
 )
 
 # hook name -> (registry kind, interface the registered classes must subclass)
