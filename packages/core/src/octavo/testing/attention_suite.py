@@ -1,0 +1,338 @@
+"""Conformance suite for attention backends; third-party backends subclass it.
+
+Every test builds a fresh random packed batch over a paged KV cache with a shuffled,
+non-contiguous block table, runs the backend, and compares both its output and the KV cache it
+wrote against :mod:`octavo.attention.torch_backend`, the oracle. Usage::
+
+    from octavo.testing.attention_suite import AttentionBackendSuite
+
+    class TestMyBackend(AttentionBackendSuite):
+        backend_cls = MyBackend
+        device = "cuda"
+        dtypes = (torch.float16, torch.bfloat16)
+
+Subclasses can shrink or grow the shapes with the class attributes below (``block_sizes``,
+``head_sizes``, ``head_configs``, ``max_context``, ...). Cache contents that no request owns
+are filled with ``stale_value`` (NaN by default): a backend must never let them reach its
+output, as a freshly allocated cache may hold anything.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from octavo.attention.base import AttentionBackend, AttentionMetadata
+from octavo.attention.torch_backend import TorchAttentionBackend
+
+# (atol, rtol) of the output against the float32 reference rounded to the input dtype.
+DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (3e-3, 3e-3),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+@dataclass
+class PagedBatch:
+    """One packed batch over a paged cache, with the cache state before the step."""
+
+    query: torch.Tensor  # [num_rows, num_heads, head_size] (num_rows >= num_tokens)
+    key: torch.Tensor  # [num_rows, num_kv_heads, head_size]
+    value: torch.Tensor  # [num_rows, num_kv_heads, head_size]
+    key_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
+    value_cache: torch.Tensor
+    metadata: AttentionMetadata
+
+    @property
+    def num_tokens(self) -> int:
+        return self.metadata.num_tokens
+
+
+def make_paged_batch(
+    query_lens: list[int],
+    seq_lens: list[int],
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    block_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    spare_blocks: int = 3,
+    stale_value: float = float("nan"),
+    pad_tokens: int = 0,
+    fused_qkv: bool = False,
+) -> PagedBatch:
+    """Random queries, new K/V and a paged cache holding each request's earlier context.
+
+    Request ``i`` has ``seq_lens[i] - query_lens[i]`` positions already cached (random values)
+    and ``query_lens[i]`` new tokens. Blocks are drawn in random order from a pool with
+    ``spare_blocks`` unused ones, and block 0 is never used, so the zero padding of the block
+    table points at stale data. ``pad_tokens`` extra rows with slot ``-1`` follow the real
+    tokens, as padding for a captured graph would. ``fused_qkv`` makes query/key/value strided
+    views of one ``[num_rows, (H + 2 * KH) * D]`` tensor, as a fused QKV projection returns.
+    """
+    if len(query_lens) != len(seq_lens):
+        raise ValueError("query_lens and seq_lens differ in length")
+    if any(q < 0 or q > s for q, s in zip(query_lens, seq_lens)):
+        raise ValueError("each query length must be within 0..seq_len")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    blocks_per_seq = [-(-s // block_size) for s in seq_lens]
+    num_blocks = 1 + sum(blocks_per_seq) + spare_blocks
+    max_blocks = max(blocks_per_seq, default=0) + 1
+    pool = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    block_tables = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)
+    for i, n in enumerate(blocks_per_seq):
+        block_tables[i, :n] = torch.tensor(pool[:n], dtype=torch.int32)
+        pool = pool[n:]
+
+    def slot(seq: int, pos: int) -> int:
+        return int(block_tables[seq, pos // block_size]) * block_size + pos % block_size
+
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_size)
+    key_cache = torch.full(cache_shape, stale_value, dtype=dtype)
+    value_cache = torch.full(cache_shape, stale_value, dtype=dtype)
+    flat_k = key_cache.view(-1, num_kv_heads, head_size)
+    flat_v = value_cache.view(-1, num_kv_heads, head_size)
+    new_slots: list[int] = []
+    for i, (q_len, s_len) in enumerate(zip(query_lens, seq_lens)):
+        cached = [slot(i, pos) for pos in range(s_len - q_len)]
+        if cached:
+            idx = torch.tensor(cached)
+            flat_k[idx] = _randn((len(cached), num_kv_heads, head_size), gen, dtype)
+            flat_v[idx] = _randn((len(cached), num_kv_heads, head_size), gen, dtype)
+        new_slots += [slot(i, pos) for pos in range(s_len - q_len, s_len)]
+
+    num_tokens = sum(query_lens)
+    num_rows = num_tokens + pad_tokens
+    slot_mapping = torch.tensor(new_slots + [-1] * pad_tokens, dtype=torch.int64)
+    q_width, kv_width = num_heads * head_size, num_kv_heads * head_size
+    qkv = _randn((num_rows, q_width + 2 * kv_width), gen, dtype)
+    if not fused_qkv:
+        qkv = qkv.clone()
+    query, key, value = qkv.split([q_width, kv_width, kv_width], dim=-1)
+    query = query.view(num_rows, num_heads, head_size)
+    key = key.view(num_rows, num_kv_heads, head_size)
+    value = value.view(num_rows, num_kv_heads, head_size)
+    if not fused_qkv:
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+
+    starts = [0]
+    for q_len in query_lens:
+        starts.append(starts[-1] + q_len)
+    metadata = AttentionMetadata(
+        slot_mapping=slot_mapping.to(device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables.to(device),
+        max_query_len=max(query_lens, default=0),
+        max_seq_len=max(seq_lens, default=0),
+        query_start_loc_cpu=starts,
+        seq_lens_cpu=list(seq_lens),
+    )
+    to = {"device": device}
+    return PagedBatch(query.to(**to), key.to(**to), value.to(**to),
+                      key_cache.to(**to), value_cache.to(**to), metadata)
+
+
+def _randn(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:  # [num_heads] float32
+    """The ALiBi paper's geometric slopes (for any head count)."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-8.0 / closest)
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest < num_heads:
+        extra = 2.0 ** (-4.0 / closest)
+        slopes += [extra ** (2 * i + 1) for i in range(num_heads - closest)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class AttentionBackendSuite:
+    """Conformance tests for an :class:`~octavo.attention.base.AttentionBackend` subclass.
+
+    Set ``backend_cls`` (required) and override any knob. Dtypes and head sizes the backend's
+    ``supports()`` rejects on ``device`` are skipped. ALiBi, sliding-window and soft-cap tests
+    run when the backend class does not set ``supports_alibi`` / ``supports_sliding_window`` /
+    ``supports_logits_soft_cap`` to False.
+    """
+
+    backend_cls: ClassVar[type[AttentionBackend]]
+    device: ClassVar[str] = "cpu"
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float16, torch.bfloat16)
+    block_sizes: ClassVar[tuple[int, ...]] = (8, 16, 32)
+    head_sizes: ClassVar[tuple[int, ...]] = (64, 128)
+    # (num_heads, num_kv_heads): multi-head, grouped-query, multi-query
+    head_configs: ClassVar[tuple[tuple[int, int], ...]] = ((4, 4), (4, 2), (4, 1))
+    gqa_config: ClassVar[tuple[int, int]] = (4, 2)  # used where heads are not the subject
+    max_context: ClassVar[int] = 96  # longest sequence in most tests
+    long_context: ClassVar[int] = 300  # the long decode in test_decode_batch
+    num_decodes: ClassVar[int] = 4
+    sliding_windows: ClassVar[tuple[int, ...]] = (5, 20)
+    stale_value: ClassVar[float] = float("nan")
+    tolerances: ClassVar[dict[torch.dtype, tuple[float, float]]] = DEFAULT_TOLERANCES
+
+    # -- parametrization ------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        axes = {
+            "dtype": (self.dtypes, lambda d: str(d).removeprefix("torch.")),
+            "block_size": (self.block_sizes, lambda b: f"bs{b}"),
+            "head_size": (self.head_sizes, lambda h: f"d{h}"),
+            "head_config": (self.head_configs, lambda c: f"h{c[0]}kv{c[1]}"),
+            "sliding_window": (self.sliding_windows, lambda w: f"win{w}"),
+        }
+        for name, (values, ids) in axes.items():
+            if name in metafunc.fixturenames:
+                metafunc.parametrize(name, list(values), ids=[ids(v) for v in values])
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+    def make_backend(self, num_heads: int, head_size: int, num_kv_heads: int,
+                     **kwargs: Any) -> AttentionBackend:
+        """Build the backend under test (override to pass extra constructor arguments)."""
+        return self.backend_cls(num_heads, head_size, num_kv_heads, head_size ** -0.5, **kwargs)
+
+    def tolerance(self, dtype: torch.dtype) -> tuple[float, float]:
+        return self.tolerances[dtype]
+
+    # -- the check every test makes -----------------------------------------------------------
+    def check(
+        self,
+        request: pytest.FixtureRequest,
+        query_lens: list[int],
+        seq_lens: list[int],
+        *,
+        dtype: torch.dtype,
+        head_config: tuple[int, int] | None = None,
+        head_size: int | None = None,
+        block_size: int | None = None,
+        pad_tokens: int = 0,
+        fused_qkv: bool = False,
+        **backend_kwargs: Any,
+    ) -> None:
+        """Run the backend and the torch reference on one batch; compare output and cache."""
+        num_heads, num_kv_heads = head_config or self.gqa_config
+        head_size = head_size or self.head_sizes[0]
+        block_size = block_size or self.block_sizes[0]
+        if not self.backend_cls.supports(self.device, dtype, head_size):
+            pytest.skip(f"{self.backend_cls.__name__} does not support "
+                        f"{self.device}/{dtype}/head_size={head_size}")
+        batch = make_paged_batch(
+            query_lens, seq_lens, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            head_size=head_size, block_size=block_size, dtype=dtype, device=self.device,
+            generator=self.generator(request), stale_value=self.stale_value,
+            pad_tokens=pad_tokens, fused_qkv=fused_qkv)
+        slopes = backend_kwargs.pop("alibi_slopes", None)
+        if slopes is not None:
+            slopes = slopes.to(self.device)
+        kwargs = dict(backend_kwargs, alibi_slopes=slopes)
+
+        ref_k, ref_v = batch.key_cache.clone(), batch.value_cache.clone()
+        reference = TorchAttentionBackend(num_heads, head_size, num_kv_heads,
+                                          head_size ** -0.5, **kwargs)
+        expected = reference.forward(batch.query, batch.key, batch.value, ref_k, ref_v,
+                                     batch.metadata)
+
+        key_cache, value_cache = batch.key_cache.clone(), batch.value_cache.clone()
+        backend = self.make_backend(num_heads, head_size, num_kv_heads, **kwargs)
+        out = backend.forward(batch.query, batch.key, batch.value, key_cache, value_cache,
+                              batch.metadata)
+
+        n = batch.num_tokens
+        assert out.shape[1:] == batch.query.shape[1:] and out.shape[0] >= n
+        assert out.dtype == dtype and out.device.type == torch.device(self.device).type
+        torch.testing.assert_close(key_cache, ref_k, atol=0, rtol=0, equal_nan=True,
+                                   msg=lambda m: f"key cache differs from the reference: {m}")
+        torch.testing.assert_close(value_cache, ref_v, atol=0, rtol=0, equal_nan=True,
+                                   msg=lambda m: f"value cache differs from the reference: {m}")
+        atol, rtol = self.tolerance(dtype)
+        torch.testing.assert_close(out[:n], expected[:n], atol=atol, rtol=rtol,
+                                   msg=lambda m: f"output differs from the reference: {m}")
+
+    @staticmethod
+    def generator(request: pytest.FixtureRequest) -> torch.Generator:
+        """Fresh inputs per test, reproducible from the test id."""
+        return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+    def _skip_unless(self, feature: str) -> None:
+        if not getattr(self.backend_cls, f"supports_{feature}", True):
+            pytest.skip(f"{self.backend_cls.__name__} declares no {feature} support")
+
+    def _lengths(self, request: pytest.FixtureRequest, n: int, lo: int, hi: int) -> list[int]:
+        gen = torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()) + 1)
+        return torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
+
+    # -- tests ------------------------------------------------------------------------------------
+    def test_mixed_batch(self, request, dtype, block_size, head_size):
+        """Decodes, prefill chunks on top of cached context and whole prompts, packed."""
+        top = self.max_context
+        ctx = self._lengths(request, 2, block_size + 1, top - top // 3)
+        query_lens = [1, top // 3, 1, top // 4, 1, top // 5]
+        seq_lens = [ctx[0], ctx[1] + top // 3, block_size, top // 4, 1, 2 * block_size + top // 5]
+        self.check(request, query_lens, seq_lens, dtype=dtype, block_size=block_size,
+                   head_size=head_size)
+
+    def test_head_configs(self, request, dtype, head_config):
+        """Multi-head, grouped-query and multi-query attention."""
+        top = self.max_context
+        query_lens = [1, top // 2, 1]
+        seq_lens = [top - 3, top, 2 * self.block_sizes[0] + 1]
+        self.check(request, query_lens, seq_lens, dtype=dtype, head_config=head_config)
+
+    def test_decode_batch(self, request, dtype, block_size):
+        """Decode-only batch: one long context, block-boundary and one-token contexts."""
+        lens = self._lengths(request, self.num_decodes, 2, self.max_context)
+        seq_lens = [self.long_context, block_size, block_size + 1, 1] + lens
+        self.check(request, [1] * len(seq_lens), seq_lens, dtype=dtype, block_size=block_size)
+
+    def test_prefill_batch(self, request, dtype):
+        """Whole prompts only, one of them longer than any query tile of ``max_context``."""
+        lens = self._lengths(request, 2, 2, self.max_context // 2)
+        seq_lens = [self.max_context, 1] + lens
+        self.check(request, seq_lens, seq_lens, dtype=dtype)
+
+    def test_prefill_chunks(self, request, dtype, block_size):
+        """Chunks of long prompts that start mid-block and on a block boundary."""
+        chunk = self.max_context // 3
+        query_lens = [chunk, chunk, 1]
+        seq_lens = [block_size + 3 + chunk, 2 * block_size + chunk, 5]
+        self.check(request, query_lens, seq_lens, dtype=dtype, block_size=block_size)
+
+    def test_sliding_window(self, request, dtype, sliding_window):
+        self._skip_unless("sliding_window")
+        top = self.max_context
+        query_lens = [1, top // 3, top // 2, 1]
+        seq_lens = [top, top // 3 + 7, top // 2, 3]
+        self.check(request, query_lens, seq_lens, dtype=dtype, sliding_window=sliding_window)
+
+    def test_alibi(self, request, dtype):
+        self._skip_unless("alibi")
+        top = self.max_context
+        num_heads = self.gqa_config[0]
+        self.check(request, [1, top // 3, top // 2], [top, top // 3 + 9, top // 2], dtype=dtype,
+                   alibi_slopes=alibi_slopes(num_heads))
+
+    def test_logits_soft_cap(self, request, dtype):
+        self._skip_unless("logits_soft_cap")
+        top = self.max_context
+        self.check(request, [1, top // 3], [top, top // 2], dtype=dtype, logits_soft_cap=3.0)
+
+    def test_fused_qkv_views(self, request, dtype):
+        """Query/key/value as strided views of one fused QKV projection output."""
+        top = self.max_context
+        self.check(request, [1, top // 3, 1], [top // 2, top // 3 + 5, 9], dtype=dtype,
+                   fused_qkv=True)
+
+    def test_padding_and_empty_requests(self, request, dtype):
+        """Rows past ``num_tokens`` with slot -1 are not written; a request may have no query."""
+        top = self.max_context
+        self.check(request, [1, 0, top // 4, 1], [top // 2, 7, top // 4, 4], dtype=dtype,
+                   pad_tokens=3)
