@@ -42,9 +42,13 @@ def engine_options(func):
 
 
 def build_llm(model: str | None, options: dict[str, Any]):
+    """The engine, with invalid options reported as usage errors (exit status 2)."""
     from octavo.entrypoints.llm import LLM
 
-    return LLM(model, **{k: v for k, v in options.items() if v is not None})
+    try:
+        return LLM(model, **{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def sampling_options(func):
@@ -55,7 +59,10 @@ def sampling_options(func):
     def wrapper(*args, max_tokens, temperature, top_p, **kwargs):
         from octavo.sampling_params import SamplingParams
 
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        try:
+            params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
         return func(*args, params=params, **kwargs)
 
     return wrapper
@@ -68,8 +75,8 @@ def sampling_options(func):
 @engine_options
 def generate(prompts, model, params, **options):
     """Complete each PROMPT and print the text."""
+    llm = build_llm(model, options)
     try:
-        llm = build_llm(model, options)
         outputs = llm.generate(list(prompts), params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

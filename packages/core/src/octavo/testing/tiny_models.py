@@ -23,6 +23,11 @@ TINY_ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+# Joins the turns' words; enough to exercise chat paths with the word-level tokenizer.
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
+                      "{% if add_generation_prompt %}w0{% endif %}")
+
+
 def save_word_tokenizer(folder: str | Path, num_words: int = 100) -> None:
     """A word-level tokenizer ``<unk> <s> </s> w0 w1 ...`` split on whitespace."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -33,7 +38,8 @@ def save_word_tokenizer(folder: str | Path, num_words: int = 100) -> None:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(folder)
+                            unk_token="<unk>", chat_template=TINY_CHAT_TEMPLATE
+                            ).save_pretrained(folder)
 
 
 def save_tiny_model(folder: str | Path, arch: str = "llama", seed: int = 0,
