@@ -209,3 +209,21 @@ def test_bad_input_raises_and_the_engine_keeps_serving(llama):
         llm.generate([good[0], ""], GREEDY)
     assert_no_blocks_held(llm)
     assert token_ids(llm.generate(good, GREEDY)) == expected(hf_model, good)
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_token_ends_the_output_and_its_text_is_left_out(llama, include):
+    folder, _ = llama
+    llm = make_llm(folder)
+    prompt = random_prompts([5], seed=9)[0]
+    (full,) = llm.generate([prompt], GREEDY)
+    tokens, words = full.outputs[0].token_ids, full.outputs[0].text.split()
+    stop_id = tokens[2]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True,
+                            stop_token_ids=[stop_id], include_stop_str_in_output=include)
+    (out,) = llm.generate([prompt], params)
+    first = tokens.index(stop_id)
+    completion = out.outputs[0]
+    assert completion.token_ids == tokens[:first + 1]
+    assert completion.finish_reason == "stop" and completion.stop_reason == stop_id
+    assert completion.text.split() == words[:first + 1 if include else first]

@@ -108,8 +108,9 @@ class OutputProcessor:
                 out.logprobs.append(self._logprob_dict(token_logprobs))
                 out.cumulative_logprob += token_logprobs.logprob
         stop_string = None
-        if core_out.new_token_ids:
-            stop_string = completion.detokenizer.update(core_out.new_token_ids)
+        if core_out.new_token_ids:  # an EOS or stop token's own text is left out
+            stop_string = completion.detokenizer.update(
+                core_out.new_token_ids, stop_terminated=core_out.finish_reason == "stop")
         if stop_string is not None:
             out.finish_reason, out.stop_reason = "stop", stop_string
         elif core_out.finished:
