@@ -27,7 +27,8 @@ SIM_DIR = Path(__file__).resolve().parent / "sim"
 CSRC_DIR = Path(octavo_cuda.__file__).resolve().parent / "csrc"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 PLAN_KEYS = ("heads_per_block", "queries_per_block", "head_chunks", "num_q_tiles",
-             "num_splits", "partition_size")
+             "num_splits", "partition_size", "tc", "tc_heads_per_block", "tc_queries_per_block",
+             "tc_head_chunks", "tc_q_tiles")
 
 
 def cuda_include_dir() -> Path | None:
@@ -88,7 +89,7 @@ class KernelSimulator:
         self.lib.octsim_reshape_and_cache.argtypes = [ptr] * 5 + [i64] * 5 + [i32] * 4
         self.lib.octsim_paged_attention.restype = ctypes.c_char_p
         self.lib.octsim_paged_attention.argtypes = (
-            [ptr] * 8 + [i64] * 7 + [i32] * 9 + [f32, f32, i32, i32, ctypes.POINTER(i64)])
+            [ptr] * 8 + [i64] * 7 + [i32] * 9 + [f32, f32, i32, i32, i32, ctypes.POINTER(i64)])
 
     def _register(self, *tensors: torch.Tensor | None, num_sms: int = 132) -> None:
         self.lib.octsim_reset(num_sms)
@@ -122,6 +123,7 @@ class KernelSimulator:
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
         partition_size: int = 0,
+        tensor_cores: bool = True,
         num_sms: int = 132,
     ) -> tuple[torch.Tensor, dict[str, int]]:
         """Returns the output (unwritten rows stay NaN) and the launch plan."""
@@ -143,7 +145,7 @@ class KernelSimulator:
             key_cache.stride(1), block_tables.stride(0), query.shape[0], metadata.num_seqs,
             query.shape[1], num_kv_heads, head_size, block_size, metadata.max_query_len,
             metadata.max_seq_len, int(sliding_window or 0), scale, float(logits_soft_cap or 0.0),
-            DTYPE_CODES[query.dtype], partition_size, plan)
+            DTYPE_CODES[query.dtype], partition_size, int(tensor_cores), plan)
         if err:
             raise RuntimeError(err.decode())
         return out, dict(zip(PLAN_KEYS, plan))

@@ -39,8 +39,20 @@ class TestCudaBackendSplitKV(AttentionBackendSuite):
                                     partition_size=32, **kwargs)
 
 
+class TestCudaBackendCudaCoresOnly(AttentionBackendSuite):
+    """fp16/bf16 prefill chunks on the CUDA-core kernel too (tensor cores off)."""
+
+    backend_cls = CudaAttentionBackend
+    device = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+
+    def make_backend(self, num_heads, head_size, num_kv_heads, **kwargs):
+        return CudaAttentionBackend(num_heads, head_size, num_kv_heads, head_size ** -0.5,
+                                    tensor_cores=False, **kwargs)
+
+
 def compare(query_lens, seq_lens, *, dtype=torch.float16, heads=(8, 2), head_size=128,
-            block_size=16, seed=0, partition_size=0, **kwargs):
+            block_size=16, seed=0, partition_size=0, tensor_cores=True, **kwargs):
     """Run the CUDA backend and the torch reference on one batch; compare output and cache."""
     num_heads, num_kv_heads = heads
     batch = make_paged_batch(query_lens, seq_lens, num_heads=num_heads,
@@ -55,7 +67,8 @@ def compare(query_lens, seq_lens, *, dtype=torch.float16, heads=(8, 2), head_siz
     expected = TorchAttentionBackend(num_heads, head_size, num_kv_heads, scale, **kwargs).forward(
         batch.query, batch.key, batch.value, ref_k, ref_v, batch.metadata)
     backend = CudaAttentionBackend(num_heads, head_size, num_kv_heads, scale,
-                                   partition_size=partition_size, **kwargs)
+                                   partition_size=partition_size, tensor_cores=tensor_cores,
+                                   **kwargs)
     key_cache, value_cache = batch.key_cache.clone(), batch.value_cache.clone()
     out = backend.forward(batch.query, batch.key, batch.value, key_cache, value_cache,
                           batch.metadata)
@@ -81,10 +94,20 @@ def test_large_decode_batch():
     compare([1] * len(lens), lens, dtype=torch.bfloat16, heads=(8, 2), seed=1)
 
 
+@pytest.mark.parametrize("tensor_cores", [True, False], ids=["tc", "cuda_cores"])
 @pytest.mark.parametrize("sliding_window", [None, 256])
-def test_long_prefill_and_chunk(sliding_window):
+def test_long_prefill_and_chunk(sliding_window, tensor_cores):
     compare([1000, 300, 1], [1000, 1000, 777], heads=(16, 4), sliding_window=sliding_window,
-            seed=2)
+            tensor_cores=tensor_cores, seed=2)
+
+
+@pytest.mark.parametrize("head_size", [64, 80, 96, 128, 256])
+def test_tensor_core_prefill_head_sizes_bf16(head_size):
+    md = compare([700, 17, 1, 15], [700, 900, 40, 15], dtype=torch.bfloat16, heads=(12, 4),
+                 head_size=head_size, seed=8).metadata
+    plan = ops.attention_plan(md.num_tokens, md.num_seqs, 12, 4, md.max_query_len,
+                              md.max_seq_len)
+    assert plan["tc"] == 1
 
 
 @pytest.mark.parametrize("heads", [(32, 32), (32, 4), (64, 1), (9, 3)],
@@ -140,7 +163,13 @@ def test_plan_op():
     plan = ops.attention_plan(num_tokens=10, num_seqs=3, num_heads=12, num_kv_heads=1,
                               max_query_len=8, max_seq_len=100, partition_size=64, num_sms=132)
     assert plan == {"heads_per_block": 8, "queries_per_block": 1, "head_chunks": 2,
-                    "num_q_tiles": 10, "num_splits": 2, "partition_size": 64}
+                    "num_q_tiles": 10, "num_splits": 2, "partition_size": 64, "tc": 0,
+                    "tc_heads_per_block": 0, "tc_queries_per_block": 0, "tc_head_chunks": 0,
+                    "tc_q_tiles": 0}
+    plan = ops.attention_plan(num_tokens=100, num_seqs=2, num_heads=8, num_kv_heads=2,
+                              max_query_len=99, max_seq_len=300, num_sms=132)
+    assert (plan["tc"], plan["tc_heads_per_block"], plan["tc_queries_per_block"]) == (1, 4, 16)
+    assert plan["tc_q_tiles"] == 100 // 16 + 2 and plan["queries_per_block"] == 2
 
 
 def test_bad_inputs_raise_clear_errors():

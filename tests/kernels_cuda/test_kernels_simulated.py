@@ -37,6 +37,7 @@ def run_case(
     pad_tokens: int = 0,
     fused_qkv: bool = False,
     partition_size: int = 0,
+    tensor_cores: bool = True,
     num_sms: int = 132,
     seed: int = 0,
     **attn_kwargs,
@@ -58,8 +59,8 @@ def run_case(
     scale = head_size ** -0.5
     expected = paged_attention_reference(batch.query, ref_k, ref_v, md, scale, **attn_kwargs)
     out, plan = sim.paged_attention(batch.query, key_cache, value_cache, md, scale,
-                                    partition_size=partition_size, num_sms=num_sms,
-                                    **attn_kwargs)
+                                    partition_size=partition_size,
+                                    tensor_cores=tensor_cores, num_sms=num_sms, **attn_kwargs)
     n = md.num_tokens
     atol, rtol = TOLERANCES[dtype]
     torch.testing.assert_close(out[:n], expected[:n], atol=atol, rtol=rtol)
@@ -212,3 +213,60 @@ def test_simulator_reports_out_of_bounds_reads(cuda_sim):
     with pytest.raises(RuntimeError, match="out-of-bounds"):
         cuda_sim.paged_attention(batch.query, batch.key_cache, batch.value_cache,
                                  batch.metadata, 0.125)
+
+
+# --- the tensor-core (WMMA) kernel: fp16/bf16 requests of 16+ new tokens -------------------
+
+TC_DTYPES = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("head_size", [64, 80, 96, 128, 256])
+@pytest.mark.parametrize("dtype", TC_DTYPES, ids=str)
+def test_tensor_core_prefill_mixed_batch(cuda_sim, dtype, head_size):
+    """Chunks of 40 and 16 tokens on the tensor cores; 15 tokens and decodes on CUDA cores."""
+    plan = run_case(cuda_sim, [1, 40, 16, 1, 15], [60, 70, 16, 5, 30], dtype=dtype,
+                    head_size=head_size, heads=(8, 2), seed=20)
+    assert plan["tc"] == 1
+    assert (plan["tc_heads_per_block"], plan["tc_queries_per_block"]) == (4, 16)
+    assert plan["queries_per_block"] == 2  # 8 rows of the CUDA-core kernel = 2 x 4 heads
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (12, 1), (72, 1), (6, 2)],
+                         ids=lambda h: f"h{h[0]}kv{h[1]}")
+def test_tensor_core_head_groups(cuda_sim, heads):
+    plan = run_case(cuda_sim, [17, 1], [40, 9], heads=heads, seed=21)
+    group = heads[0] // heads[1]
+    assert plan["tc_heads_per_block"] == min(group, 64)
+    assert plan["tc_queries_per_block"] == 64 // min(group, 64)
+    assert plan["tc_head_chunks"] == -(-group // 64)
+
+
+def test_tensor_core_long_prompt_spans_tiles(cuda_sim):
+    """A 150-token prompt over 3 query tiles of 64 and 3 KV tiles, plus a chunk on context."""
+    run_case(cuda_sim, [150, 32], [150, 170], heads=(2, 2), dtype=torch.bfloat16,
+             block_size=16, seed=22)
+
+
+@pytest.mark.parametrize("options", ["window", "alibi", "soft_cap", "all"])
+def test_tensor_core_score_options(cuda_sim, options):
+    kwargs = {}
+    if options in ("window", "all"):
+        kwargs["sliding_window"] = 21
+    if options in ("alibi", "all"):
+        kwargs["alibi_slopes"] = alibi_slopes(4)
+    if options in ("soft_cap", "all"):
+        kwargs["logits_soft_cap"] = 3.0
+    run_case(cuda_sim, [1, 30, 18], [80, 60, 18], heads=(4, 2), seed=23, **kwargs)
+
+
+def test_tensor_core_with_split_decodes(cuda_sim):
+    """Decodes split over KV partitions next to tensor-core prefill rows: the combine kernel
+    must leave the latter alone."""
+    plan = run_case(cuda_sim, [1, 24, 1, 0], [130, 40, 70, 4], partition_size=32,
+                    pad_tokens=2, seed=24)
+    assert plan["tc"] == 1 and plan["num_splits"] == 5
+
+
+def test_tensor_cores_off_and_fp32_use_cuda_cores(cuda_sim):
+    assert run_case(cuda_sim, [20, 1], [30, 9], tensor_cores=False, seed=25)["tc"] == 0
+    assert run_case(cuda_sim, [20, 1], [30, 9], dtype=torch.float32, seed=25)["tc"] == 0

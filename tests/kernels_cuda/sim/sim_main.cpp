@@ -61,7 +61,7 @@ const char* octsim_reshape_and_cache(const void* key, const void* value, void* k
 }
 
 // plan_out: [heads_per_block, queries_per_block, head_chunks, num_q_tiles, num_splits,
-// partition_size]
+// partition_size, tc, tc_heads_per_block, tc_queries_per_block, tc_head_chunks, tc_q_tiles]
 const char* octsim_paged_attention(
     void* out, const void* query, const void* key_cache, const void* value_cache,
     const int32_t* block_tables, const int32_t* seq_lens, const int32_t* query_start_loc,
@@ -70,7 +70,7 @@ const char* octsim_paged_attention(
     int64_t cache_token_stride, int64_t block_table_stride, int num_tokens, int num_seqs,
     int num_heads, int num_kv_heads, int head_size, int block_size, int max_query_len,
     int max_seq_len, int sliding_window, float scale, float logits_soft_cap, int dtype,
-    int partition_size, int64_t* plan_out) {
+    int partition_size, int tensor_cores, int64_t* plan_out) {
   octavo::PagedAttentionArgs a{};
   a.out = out;
   a.query = query;
@@ -99,12 +99,15 @@ const char* octsim_paged_attention(
   a.scale = scale;
   a.logits_soft_cap = logits_soft_cap;
   a.dtype = static_cast<octavo::DType>(dtype);
-  const octavo::PagedAttentionPlan plan =
-      octavo::plan_paged_attention(a, partition_size, octavo::oct_num_sms());
-  const int64_t plan_values[6] = {plan.heads_per_block, plan.queries_per_block,
-                                  plan.head_chunks,     plan.num_q_tiles,
-                                  plan.num_splits,      plan.partition_size};
-  for (int i = 0; i < 6; ++i) plan_out[i] = plan_values[i];
+  const octavo::PagedAttentionPlan plan = octavo::plan_paged_attention(
+      a, partition_size, octavo::oct_num_sms(),
+      tensor_cores != 0 && octavo::tensor_cores_usable(a.dtype, a.head_size));
+  const int64_t plan_values[11] = {
+      plan.heads_per_block, plan.queries_per_block, plan.head_chunks,
+      plan.num_q_tiles,     plan.num_splits,        plan.partition_size,
+      plan.tc,              plan.tc_heads_per_block, plan.tc_queries_per_block,
+      plan.tc_head_chunks,  plan.tc_q_tiles};
+  for (int i = 0; i < 11; ++i) plan_out[i] = plan_values[i];
   // NaN-filled like a fresh allocation may be: the kernels must write before they read.
   std::vector<float> tmp_out(static_cast<size_t>(plan.workspace_out_elems()), NAN);
   std::vector<float> tmp_stats(static_cast<size_t>(2 * plan.workspace_stat_elems()), NAN);

@@ -7,6 +7,9 @@
 //   * a barrier that not every thread of the block (or warp) reaches is a deadlock error;
 //   * shuffles must use the full mask;
 //   * every global access goes through OCT_VALID and must fall inside a registered tensor.
+//   * WMMA (nvcuda::wmma) is emulated with every lane holding the whole 16x16 tile, so only
+//     layout-agnostic use is possible; pointers must be 32-byte aligned, inside the dynamic
+//     shared memory, with a legal leading dimension.
 // Errors are collected and returned by oct_last_error() like a failed launch.
 #pragma once
 
@@ -16,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <setjmp.h>
 #include <ucontext.h>
+#include <vector_functions.h>
 #include <vector_types.h>
 
 #include <algorithm>
@@ -90,6 +94,9 @@ struct BlockRun {
 
 inline BlockRun g_run;
 inline std::string g_error;
+inline std::vector<unsigned char> g_dynamic_smem_storage;
+inline unsigned char* g_dynamic_smem = nullptr;  // 128-byte aligned, per launch
+inline size_t g_dynamic_smem_bytes = 0;
 inline std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;
 inline int g_num_sms = 132;
 
@@ -280,17 +287,175 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
 }
 
 #define OCT_VALID(ptr, bytes) (::octsim::valid((ptr), (bytes)))
+#define OCT_DYNAMIC_SMEM(name) unsigned char* name = ::octsim::g_dynamic_smem
+
+namespace octsim {
+
+// Filled with 0xff bytes (NaN as float, NaN as fp16/bf16) so that reads before writes show.
+inline void prepare_dynamic_smem(size_t bytes) {
+  g_dynamic_smem_storage.assign(bytes + 128, 0xff);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(g_dynamic_smem_storage.data());
+  g_dynamic_smem = g_dynamic_smem_storage.data() + ((128 - base % 128) % 128);
+  g_dynamic_smem_bytes = bytes;
+}
+
+inline float elem_to_float(float x) { return x; }
+inline float elem_to_float(__half x) { return __half2float(x); }
+inline float elem_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// A WMMA operand: 32-byte aligned, inside the dynamic shared memory, legal leading dimension.
+inline void check_wmma(const void* ptr, unsigned ldm, size_t elem_bytes, int rows, int cols,
+                       bool col_major) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(g_dynamic_smem);
+  const size_t span = elem_bytes * ((col_major ? cols - 1 : rows - 1) * size_t(ldm) +
+                                    (col_major ? rows : cols));
+  if (p % 32 != 0) fail("WMMA pointer not 32-byte aligned");
+  if (ldm * elem_bytes % 16 != 0) fail("WMMA leading dimension not a multiple of 16 bytes");
+  if (p < lo || p + span > lo + g_dynamic_smem_bytes) fail("WMMA access outside shared memory");
+}
+
+}  // namespace octsim
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K>
+struct shape_of;
+template <int M, int N, int K>
+struct shape_of<matrix_a, M, N, K> {
+  static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K>
+struct shape_of<matrix_b, M, N, K> {
+  static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K>
+struct shape_of<accumulator, M, N, K> {
+  static constexpr int rows = M, cols = N;
+};
+
+// Every lane holds the whole tile, row-major.
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int kRows = shape_of<Use, M, N, K>::rows;
+  static constexpr int kCols = shape_of<Use, M, N, K>::cols;
+  enum { num_elements = kRows * kCols };
+  T x[num_elements];
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  constexpr bool col = std::is_same_v<Layout, col_major>;
+  octsim::check_wmma(p, ldm, sizeof(T), F::kRows, F::kCols, col);
+  for (int r = 0; r < F::kRows; ++r)
+    for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = col ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p,
+                             unsigned ldm, layout_t layout) {
+  const bool col = layout == mem_col_major;
+  octsim::check_wmma(p, ldm, sizeof(float), M, N, col);
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = col ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
+                              unsigned ldm, layout_t layout) {
+  const bool col = layout == mem_col_major;
+  octsim::check_wmma(p, ldm, sizeof(float), M, N, col);
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (col ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * N + c];
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T value) {
+  for (auto& e : f.x) e = value;
+}
+
+// The last product each warp computed, keyed by its inputs' bytes: the lanes of a warp hold
+// identical tiles, so 31 of 32 reuse the first lane's result (a pure function of the inputs).
+struct MmaMemo {
+  std::vector<unsigned char> key;
+  std::vector<float> out;
+};
+inline MmaMemo g_mma_memo[octsim::kMaxThreads / 32];
+
+// d = a b + c with float products and sums; a warp-collective operation.
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                     const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b,
+                     const fragment<accumulator, M, N, K, float>& c) {
+  MmaMemo& memo = g_mma_memo[octsim::g_run.current / 32];
+  const size_t na = sizeof(a.x), nb = sizeof(b.x), nc = sizeof(c.x);
+  if (memo.key.size() == na + nb + nc && std::memcmp(memo.key.data(), a.x, na) == 0 &&
+      std::memcmp(memo.key.data() + na, b.x, nb) == 0 &&
+      std::memcmp(memo.key.data() + na + nb, c.x, nc) == 0) {
+    std::memcpy(d.x, memo.out.data(), sizeof(d.x));
+    octsim::warp_barrier();
+    return;
+  }
+  memo.key.resize(na + nb + nc);
+  std::memcpy(memo.key.data(), a.x, na);
+  std::memcpy(memo.key.data() + na, b.x, nb);
+  std::memcpy(memo.key.data() + na + nb, c.x, nc);
+  float out[M * N];
+  for (int r = 0; r < M; ++r) {
+    for (int n = 0; n < N; ++n) {
+      float acc = c.x[r * N + n];
+      for (int k = 0; k < K; ++k) {
+        acc += octsim::elem_to_float(a.x[r * K + k]) * octsim::elem_to_float(b.x[k * N + n]);
+      }
+      out[r * N + n] = acc;
+    }
+  }
+  memo.out.assign(out, out + M * N);
+  for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
+  octsim::warp_barrier();  // every lane of the warp must take part
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
 
 namespace octavo {
 
 using Stream = void*;
 
 template <typename... KernelArgs, typename... Args>
-inline void oct_launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, Stream,
-                       Args&&... args) {
+inline void oct_launch_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                            size_t smem_bytes, Stream, Args&&... args) {
   std::tuple<std::decay_t<KernelArgs>...> copies(std::forward<Args>(args)...);
+  octsim::prepare_dynamic_smem(smem_bytes);
   octsim::run_grid(grid, block, [&] { std::apply(kernel, copies); });
 }
+
+template <typename... KernelArgs, typename... Args>
+inline void oct_launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, Stream stream,
+                       Args&&... args) {
+  oct_launch_smem(kernel, grid, block, 0, stream, std::forward<Args>(args)...);
+}
+
+inline size_t g_max_smem_optin = 227 * 1024;  // an H100/H200
+
+template <typename... KernelArgs>
+inline const char* oct_allow_dynamic_smem(void (*)(KernelArgs...), size_t bytes) {
+  return bytes <= g_max_smem_optin ? nullptr : "too much dynamic shared memory";
+}
+
+inline int oct_cc_major() { return 9; }
+inline int oct_current_device() { return 0; }
+inline int oct_max_smem_optin() { return static_cast<int>(g_max_smem_optin); }
 
 inline const char* oct_last_error() {
   return octsim::g_error.empty() ? nullptr : octsim::g_error.c_str();

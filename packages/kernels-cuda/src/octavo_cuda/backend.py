@@ -17,9 +17,13 @@ class CudaAttentionBackend(AttentionBackend):
     Constructing the first instance builds the kernels (JIT, cached on disk; see
     :mod:`octavo_cuda.build`), so no build ever happens inside a forward or a graph capture.
 
+    fp16/bf16 requests with 16 or more new tokens (prefill chunks) run on a tensor-core (WMMA)
+    kernel on compute capability 8.0+; decodes and short chunks on the CUDA-core kernel.
+
     Args:
         partition_size: split-KV control for tests and tuning; 0 (default) decides per call,
             > 0 forces KV partitions of about that many tokens, < 0 never splits.
+        tensor_cores: False keeps every request on the CUDA-core kernel.
     """
 
     name = "cuda"
@@ -38,6 +42,7 @@ class CudaAttentionBackend(AttentionBackend):
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
         partition_size: int = 0,
+        tensor_cores: bool = True,
     ) -> None:
         super().__init__(num_heads, head_size, num_kv_heads, scale, alibi_slopes=alibi_slopes,
                          sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
@@ -52,6 +57,7 @@ class CudaAttentionBackend(AttentionBackend):
         if logits_soft_cap is not None and logits_soft_cap <= 0:
             raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
         self.partition_size = int(partition_size)
+        self.tensor_cores = bool(tensor_cores)
         self._slopes: dict[torch.device, torch.Tensor] = {}
         ops = load_ops()
         self._reshape_and_cache = ops.reshape_and_cache
@@ -85,5 +91,5 @@ class CudaAttentionBackend(AttentionBackend):
             out, query, key_cache, value_cache, metadata.block_tables, metadata.seq_lens,
             metadata.query_start_loc, metadata.max_query_len, metadata.max_seq_len,
             float(self.scale), self._alibi_on(query.device), int(self.sliding_window or 0),
-            float(self.logits_soft_cap or 0.0), self.partition_size)
+            float(self.logits_soft_cap or 0.0), self.partition_size, self.tensor_cores)
         return out

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "attention_tc.cuh"
 #include "cache_kernels.cuh"
 #include "compat.cuh"
 #include "kernels.h"
@@ -31,17 +32,33 @@ bool paged_attention_supports_head_size(int head_size) {
          head_size == 256;
 }
 
+bool tensor_cores_usable(DType dtype, int head_size) {
+  return dtype != DType::kFloat32 && paged_attention_supports_head_size(head_size) &&
+         oct_cc_major() >= 8 && tc_smem_bytes(head_size) <= oct_max_smem_optin();
+}
+
 PagedAttentionPlan plan_paged_attention(const PagedAttentionArgs& a, int partition_size,
-                                        int num_sms) {
+                                        int num_sms, bool tensor_cores) {
   using namespace plan_detail;
   PagedAttentionPlan p{};
   p.num_tokens = a.num_tokens;
   p.num_heads = a.num_heads;
   p.head_size = a.head_size;
   const int group = a.num_kv_heads > 0 ? std::max(1, a.num_heads / a.num_kv_heads) : 1;
+  // The tensor-core kernel takes requests of tc::kMinQueries+ tokens, if there may be any.
+  p.tc = tensor_cores && a.max_query_len >= tc::kMinQueries ? 1 : 0;
+  if (p.tc) {
+    p.tc_heads_per_block = std::min(group, tc::kRows);
+    p.tc_head_chunks = ceil_div(group, p.tc_heads_per_block);
+    p.tc_queries_per_block = tc::kRows / p.tc_heads_per_block;
+    p.tc_q_tiles = p.tc_queries_per_block > 1
+                       ? a.num_tokens / p.tc_queries_per_block + a.num_seqs : a.num_tokens;
+  }
+  const int core_max_query_len = p.tc ? std::min(a.max_query_len, tc::kMinQueries - 1)
+                                      : a.max_query_len;
   p.heads_per_block = std::min(group, kMaxRows);
   p.head_chunks = ceil_div(group, p.heads_per_block);
-  p.queries_per_block = std::max(1, std::min(kMaxRows / p.heads_per_block, a.max_query_len));
+  p.queries_per_block = std::max(1, std::min(kMaxRows / p.heads_per_block, core_max_query_len));
   // Request s's tiles start at query_start_loc[s] / QB + s (QB > 1): that leaves each request
   // at least ceil(query_len / QB) tiles, and the last one ends by num_tokens / QB + num_seqs.
   p.num_q_tiles = p.queries_per_block > 1
@@ -83,6 +100,8 @@ const char* launch_paged_attention(const PagedAttentionArgs& a, const PagedAtten
     return "paged_attention: invalid plan";
   if (p.num_splits > 1 && (a.tmp_out == nullptr || a.tmp_max == nullptr || a.tmp_sum == nullptr))
     return "paged_attention: split-KV plan without a workspace";
+  if (p.tc && (a.dtype == DType::kFloat32 || p.tc_q_tiles <= 0 || p.tc_queries_per_block <= 0))
+    return "paged_attention: invalid tensor-core plan";
   const Stream s = static_cast<Stream>(stream);
   switch (a.dtype) {
     case DType::kFloat32: return launch_attention_typed<float>(a, p, s);

@@ -12,11 +12,15 @@
 //   4. P @ V: each thread owns one 16-byte slice of the head dim for a subset of the tokens
 //
 // Long contexts with few blocks are split over grid.z into KV partitions (flash-decoding);
-// combine_splits_kernel then merges the partial outputs by their max and sum.
+// combine_splits_kernel then merges the partial outputs by their max and sum. With fp16/bf16,
+// requests of at least tc::kMinQueries new tokens go to the tensor-core kernel instead
+// (attention_tc.cuh); each kernel skips the other's requests.
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
+#include "attention_tc.cuh"
 #include "compat.cuh"
 #include "dtypes.cuh"
 #include "kernels.h"
@@ -61,12 +65,6 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// First query tile of request `seq` in the grid (see plan_paged_attention).
-__device__ __forceinline__ int first_tile_of(const int32_t* query_start_loc, int seq, int qb) {
-  const int start = load_global(query_start_loc + seq);
-  return qb > 1 ? start / qb + seq : start;
-}
-
 template <typename T, int HEAD_SIZE>
 __global__ void __launch_bounds__(attn::kThreads)
 paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan plan) {
@@ -104,6 +102,7 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
   }
   const int q_begin = load_global(args.query_start_loc + seq);
   const int query_len = load_global(args.query_start_loc + seq + 1) - q_begin;
+  if (plan.tc && query_len >= tc::kMinQueries) return;  // the tensor-core kernel's request
   const int q_start = (tile - first_tile_of(args.query_start_loc, seq, qb)) * qb;
   if (q_start >= query_len) return;
   const int seq_len = load_global(args.seq_lens + seq);
@@ -335,12 +334,25 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
 // Merges the num_splits partial rows of one (token, head): grid (num_tokens, num_heads).
 template <typename T>
 __global__ void __launch_bounds__(attn::kThreads)
-combine_splits_kernel(const PagedAttentionArgs args, const int num_splits) {
+combine_splits_kernel(const PagedAttentionArgs args, const PagedAttentionPlan plan) {
   __shared__ float s_weight[attn::kMaxSplits];
-  const int64_t token = blockIdx.x;
+  const int num_splits = plan.num_splits;
+  const int token = blockIdx.x;
   const int64_t head = blockIdx.y;
   if (token >= load_global(args.query_start_loc + args.num_seqs)) return;  // padding row
-  const int64_t row = (token * args.num_heads + head) * num_splits;
+  if (plan.tc) {  // rows of the tensor-core kernel's requests are final already
+    int seq = 0;
+    int hi = args.num_seqs - 1;
+    while (seq < hi) {  // the request holding this token
+      const int mid = (seq + hi + 1) / 2;
+      if (load_global(args.query_start_loc + mid) <= token) seq = mid;
+      else hi = mid - 1;
+    }
+    const int query_len = load_global(args.query_start_loc + seq + 1) -
+                          load_global(args.query_start_loc + seq);
+    if (query_len >= tc::kMinQueries) return;
+  }
+  const int64_t row = (int64_t(token) * args.num_heads + head) * num_splits;
   float max_all = -INFINITY;
   for (int p = 0; p < num_splits; ++p) max_all = fmaxf(max_all, load_global(args.tmp_max + row + p));
   for (int p = threadIdx.x; p < num_splits; p += blockDim.x) {
@@ -369,9 +381,25 @@ const char* launch_attention_head_size(const PagedAttentionArgs& args,
   oct_launch(&paged_attention_kernel<T, HEAD_SIZE>, grid, dim3(attn::kThreads), stream, args,
              plan);
   if (const char* err = oct_last_error()) return err;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (plan.tc) {
+      auto* kernel = &paged_attention_tc_kernel<T, HEAD_SIZE>;
+      const size_t smem = TcLayout<HEAD_SIZE>::kBytes;
+      // Opt in once per device (so never again inside a CUDA graph capture).
+      static bool smem_ready[64] = {false};
+      const int device = oct_current_device();
+      if (device < 0 || device >= 64 || !smem_ready[device]) {
+        if (const char* err = oct_allow_dynamic_smem(kernel, smem)) return err;
+        if (device >= 0 && device < 64) smem_ready[device] = true;
+      }
+      const dim3 tc_grid(plan.tc_q_tiles, args.num_kv_heads * plan.tc_head_chunks);
+      oct_launch_smem(kernel, tc_grid, dim3(tc::kThreads), smem, stream, args, plan);
+      if (const char* err = oct_last_error()) return err;
+    }
+  }
   if (plan.num_splits > 1) {
     oct_launch(&combine_splits_kernel<T>, dim3(args.num_tokens, args.num_heads),
-               dim3(attn::kThreads), stream, args, plan.num_splits);
+               dim3(attn::kThreads), stream, args, plan);
     if (const char* err = oct_last_error()) return err;
   }
   return nullptr;

@@ -4,15 +4,17 @@
 //   reshape_and_cache(key, value, key_cache!, value_cache!, slot_mapping)
 //   paged_attention(out!, query, key_cache, value_cache, block_tables, seq_lens,
 //                   query_start_loc, max_query_len, max_seq_len, scale, alibi_slopes?,
-//                   sliding_window, logits_soft_cap, partition_size)
+//                   sliding_window, logits_soft_cap, partition_size, tensor_cores)
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "kernels.h"
 
@@ -111,7 +113,7 @@ void paged_attention(at::Tensor& out, const at::Tensor& query_in, const at::Tens
                      const at::Tensor& seq_lens_in, const at::Tensor& query_start_loc_in,
                      int64_t max_query_len, int64_t max_seq_len, double scale,
                      const std::optional<at::Tensor>& alibi_slopes, int64_t sliding_window,
-                     double logits_soft_cap, int64_t partition_size) {
+                     double logits_soft_cap, int64_t partition_size, bool tensor_cores) {
   check_cuda(query_in, query_in, "query");
   check_cache(key_cache, query_in, "key_cache");
   check_cache(value_cache, query_in, "value_cache");
@@ -201,7 +203,8 @@ void paged_attention(at::Tensor& out, const at::Tensor& query_in, const at::Tens
   a.dtype = to_dtype(query, "query");
 
   const octavo::PagedAttentionPlan plan = octavo::plan_paged_attention(
-      a, static_cast<int>(partition_size), octavo::current_device_num_sms());
+      a, static_cast<int>(partition_size), octavo::current_device_num_sms(),
+      tensor_cores && octavo::tensor_cores_usable(a.dtype, a.head_size));
   at::Tensor tmp_out, tmp_stats;
   if (plan.num_splits > 1) {
     const auto opts = query.options().dtype(at::kFloat);
@@ -216,12 +219,13 @@ void paged_attention(at::Tensor& out, const at::Tensor& query_in, const at::Tens
   TORCH_CHECK(err == nullptr, "octavo_cuda paged_attention: ", err);
 }
 
-// Plan of a call, for tests and benchmarks:
-// [heads_per_block, queries_per_block, head_chunks, num_q_tiles, num_splits, partition_size].
+// Plan of a call, for tests and benchmarks: [heads_per_block, queries_per_block, head_chunks,
+// num_q_tiles, num_splits, partition_size, tc, tc_heads_per_block, tc_queries_per_block,
+// tc_head_chunks, tc_q_tiles].
 std::vector<int64_t> attention_plan(int64_t num_tokens, int64_t num_seqs, int64_t num_heads,
                                     int64_t num_kv_heads, int64_t max_query_len,
                                     int64_t max_seq_len, int64_t partition_size,
-                                    int64_t num_sms) {
+                                    int64_t num_sms, bool tensor_cores) {
   octavo::PagedAttentionArgs a{};
   a.num_tokens = static_cast<int>(num_tokens);
   a.num_seqs = static_cast<int>(num_seqs);
@@ -230,9 +234,10 @@ std::vector<int64_t> attention_plan(int64_t num_tokens, int64_t num_seqs, int64_
   a.max_query_len = static_cast<int>(max_query_len);
   a.max_seq_len = static_cast<int>(max_seq_len);
   const octavo::PagedAttentionPlan p = octavo::plan_paged_attention(
-      a, static_cast<int>(partition_size), static_cast<int>(num_sms));
+      a, static_cast<int>(partition_size), static_cast<int>(num_sms), tensor_cores);
   return {p.heads_per_block, p.queries_per_block, p.head_chunks, p.num_q_tiles, p.num_splits,
-          p.partition_size};
+          p.partition_size, p.tc, p.tc_heads_per_block, p.tc_queries_per_block,
+          p.tc_head_chunks, p.tc_q_tiles};
 }
 
 }  // namespace
@@ -243,9 +248,10 @@ TORCH_LIBRARY(octavo_cuda, m) {
   m.def("paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
         "Tensor block_tables, Tensor seq_lens, Tensor query_start_loc, int max_query_len, "
         "int max_seq_len, float scale, Tensor? alibi_slopes, int sliding_window, "
-        "float logits_soft_cap, int partition_size) -> ()");
+        "float logits_soft_cap, int partition_size, bool tensor_cores) -> ()");
   m.def("attention_plan(int num_tokens, int num_seqs, int num_heads, int num_kv_heads, "
-        "int max_query_len, int max_seq_len, int partition_size, int num_sms) -> int[]",
+        "int max_query_len, int max_seq_len, int partition_size, int num_sms, "
+        "bool tensor_cores) -> int[]",
         &attention_plan);
 }
 

@@ -72,6 +72,13 @@ struct PagedAttentionPlan {
   int num_q_tiles;        // grid.x: upper bound on query tiles over all requests
   int num_splits;         // KV partitions per row; > 1 needs the workspace below
   int partition_size;     // tokens per KV partition (a multiple of the tile size)
+  // Tensor-core kernel (fp16/bf16) for requests with >= 16 new tokens; the fields above then
+  // describe the CUDA-core kernel, which takes the shorter requests.
+  int tc;                    // 1: launch it
+  int tc_heads_per_block;
+  int tc_queries_per_block;
+  int tc_head_chunks;
+  int tc_q_tiles;
   // Workspace for num_splits > 1, float32: tmp_out [num_tokens, num_heads, num_splits,
   // head_size]; tmp_max and tmp_sum [num_tokens, num_heads, num_splits].
   int num_tokens;
@@ -86,10 +93,14 @@ struct PagedAttentionPlan {
 
 // Chooses the plan. partition_size: > 0 forces split-KV with partitions of about that many
 // tokens (rounded up to the tile; for tests), 0 chooses automatically, < 0 never splits.
+// tensor_cores: whether the tensor-core kernel may take the requests of 16+ new tokens.
 PagedAttentionPlan plan_paged_attention(const PagedAttentionArgs& args, int partition_size,
-                                        int num_sms);
+                                        int num_sms, bool tensor_cores);
 
 bool paged_attention_supports_head_size(int head_size);
+
+// Whether the current device runs the tensor-core kernel for this dtype and head size.
+bool tensor_cores_usable(DType dtype, int head_size);
 
 const char* launch_paged_attention(const PagedAttentionArgs& args,
                                    const PagedAttentionPlan& plan, void* stream);
