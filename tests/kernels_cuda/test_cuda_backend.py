@@ -83,10 +83,8 @@ def compare(query_lens, seq_lens, *, dtype=torch.float16, heads=(8, 2), head_siz
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_long_decodes_split_automatically(dtype):
-    md = compare([1, 1, 1], [4096, 3000, 17], dtype=dtype, heads=(32, 8)).metadata
-    plan = ops.attention_plan(md.num_tokens, md.num_seqs, 32, 8, md.max_query_len,
-                              md.max_seq_len)
-    assert plan["num_splits"] > 1
+    """3 requests x 8 KV heads = 24 blocks on 132 SMs: the context is split (test_plan_op)."""
+    compare([1, 1, 1], [4096, 3000, 17], dtype=dtype, heads=(32, 8))
 
 
 def test_large_decode_batch():
@@ -103,11 +101,8 @@ def test_long_prefill_and_chunk(sliding_window, tensor_cores):
 
 @pytest.mark.parametrize("head_size", [64, 80, 96, 128, 256])
 def test_tensor_core_prefill_head_sizes_bf16(head_size):
-    md = compare([700, 17, 1, 15], [700, 900, 40, 15], dtype=torch.bfloat16, heads=(12, 4),
-                 head_size=head_size, seed=8).metadata
-    plan = ops.attention_plan(md.num_tokens, md.num_seqs, 12, 4, md.max_query_len,
-                              md.max_seq_len)
-    assert plan["tc"] == 1
+    compare([700, 17, 1, 15], [700, 900, 40, 15], dtype=torch.bfloat16, heads=(12, 4),
+            head_size=head_size, seed=8)
 
 
 @pytest.mark.parametrize("heads", [(32, 32), (32, 4), (64, 1), (9, 3)],
@@ -159,19 +154,6 @@ def test_cuda_graph_replay_reads_metadata_from_device():
     torch.testing.assert_close(out[:4], expected[:4], atol=3e-3, rtol=3e-3)
 
 
-def test_plan_op():
-    plan = ops.attention_plan(num_tokens=10, num_seqs=3, num_heads=12, num_kv_heads=1,
-                              max_query_len=8, max_seq_len=100, partition_size=64, num_sms=132)
-    assert plan == {"heads_per_block": 8, "queries_per_block": 1, "head_chunks": 2,
-                    "num_q_tiles": 10, "num_splits": 2, "partition_size": 64, "tc": 0,
-                    "tc_heads_per_block": 0, "tc_queries_per_block": 0, "tc_head_chunks": 0,
-                    "tc_q_tiles": 0}
-    plan = ops.attention_plan(num_tokens=100, num_seqs=2, num_heads=8, num_kv_heads=2,
-                              max_query_len=99, max_seq_len=300, num_sms=132)
-    assert (plan["tc"], plan["tc_heads_per_block"], plan["tc_queries_per_block"]) == (1, 4, 16)
-    assert plan["tc_q_tiles"] == 100 // 16 + 2 and plan["queries_per_block"] == 2
-
-
 def test_bad_inputs_raise_clear_errors():
     batch = make_paged_batch([1, 3], [9, 3], num_heads=4, num_kv_heads=2, head_size=64,
                              block_size=8, dtype=torch.float16, device="cuda")
@@ -184,3 +166,18 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(RuntimeError, match="share one dtype"):
         ops.reshape_and_cache(batch.key.float(), batch.value.float(), batch.key_cache,
                               batch.value_cache, md.slot_mapping)
+
+
+def test_plan_op():
+    plan = ops.attention_plan(num_tokens=10, num_seqs=3, num_heads=12, num_kv_heads=1,
+                              max_query_len=8, max_seq_len=100, partition_size=64, num_sms=132)
+    assert plan == {"heads_per_block": 8, "queries_per_block": 1, "head_chunks": 2,
+                    "num_q_tiles": 10, "num_splits": 2, "partition_size": 64, "tc": 0,
+                    "tc_heads_per_block": 0, "tc_queries_per_block": 0, "tc_head_chunks": 0,
+                    "tc_q_tiles": 0}
+    plan = ops.attention_plan(num_tokens=100, num_seqs=2, num_heads=8, num_kv_heads=2,
+                              max_query_len=99, max_seq_len=300, num_sms=132)
+    assert (plan["tc"], plan["tc_heads_per_block"], plan["tc_queries_per_block"]) == (1, 4, 16)
+    assert plan["tc_q_tiles"] == 100 // 16 + 2 and plan["queries_per_block"] == 2
+    # the long decodes of test_long_decodes_split_automatically, on this GPU
+    assert ops.attention_plan(3, 3, 32, 8, 1, 4096)["num_splits"] > 1

@@ -48,6 +48,9 @@ struct AttentionConfig {
   static constexpr int kTokensPerPass = attn::kThreads / attn::kScoreLanes;
   static constexpr int kPasses = attn::kTile / kTokensPerPass;
   static constexpr int kPvGroups = attn::kThreads / kChunks;  // token groups in the P @ V step
+  static constexpr int kPvTokens = (attn::kTile + kPvGroups - 1) / kPvGroups;  // per thread
+  // V rows are fetched with the K rows, before the scores, when they fit in a few registers.
+  static constexpr bool kEarlyV = kPvTokens <= 4;
   static_assert(HEAD_SIZE % kVec == 0, "head size must be a multiple of 16 bytes");
   static_assert(attn::kTile % kTokensPerPass == 0, "score passes must cover the tile");
   static_assert(kPvGroups >= 1, "head size too large for the block");
@@ -192,7 +195,28 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
     }
     __syncthreads();
 
-    // 2. Scores of every row against every tile token.
+    // 2. Scores of every row against every tile token. All of the tile's K loads of this
+    // thread (and its V loads, kEarlyV) are issued first, so that they are in flight together.
+    uint4 k_raw[Cfg::kPasses][Cfg::kChunksPerLane];
+#pragma unroll
+    for (int pass = 0; pass < Cfg::kPasses; ++pass) {
+      const int j = pass * Cfg::kTokensPerPass + score_token;
+#pragma unroll
+      for (int i = 0; i < Cfg::kChunksPerLane; ++i) {
+        const int c = score_lane + i * kScoreLanes;
+        k_raw[pass][i] = (j < n_tile && c < CHUNKS) ? load_raw16(k_cache + s_off[j] + c * VEC)
+                                                    : make_uint4(0, 0, 0, 0);
+      }
+    }
+    uint4 v_raw[Cfg::kEarlyV ? Cfg::kPvTokens : 1];
+    if (Cfg::kEarlyV && pv_active) {
+#pragma unroll
+      for (int t = 0; t < (Cfg::kEarlyV ? Cfg::kPvTokens : 1); ++t) {
+        const int j = pv_group + t * Cfg::kPvGroups;
+        v_raw[t] = j < n_tile ? load_raw16(v_cache + s_off[j] + pv_chunk * VEC)
+                              : make_uint4(0, 0, 0, 0);
+      }
+    }
 #pragma unroll
     for (int pass = 0; pass < Cfg::kPasses; ++pass) {
       const int j = pass * Cfg::kTokensPerPass + score_token;
@@ -200,15 +224,7 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
       const bool in_tile = j < n_tile;
       float k[Cfg::kChunksPerLane][VEC];
 #pragma unroll
-      for (int i = 0; i < Cfg::kChunksPerLane; ++i) {
-        const int c = score_lane + i * kScoreLanes;
-        if (in_tile && c < CHUNKS) {
-          load_vec16(k_cache + s_off[j] + c * VEC, k[i]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) k[i][e] = 0.f;
-        }
-      }
+      for (int i = 0; i < Cfg::kChunksPerLane; ++i) unpack16<T>(k_raw[pass][i], k[i]);
 #pragma unroll
       for (int r = 0; r < kMaxRows; ++r) {
         if (r >= num_rows) break;  // block-uniform
@@ -265,9 +281,16 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[r][e] *= alpha;
       }
-      for (int j = pv_group; j < n_tile; j += Cfg::kPvGroups) {
+#pragma unroll
+      for (int t = 0; t < Cfg::kPvTokens; ++t) {
+        const int j = pv_group + t * Cfg::kPvGroups;
+        if (j >= n_tile) break;
         float v[VEC];
-        load_vec16(v_cache + s_off[j] + pv_chunk * VEC, v);
+        if constexpr (Cfg::kEarlyV) {
+          unpack16<T>(v_raw[t], v);
+        } else {
+          load_vec16(v_cache + s_off[j] + pv_chunk * VEC, v);
+        }
 #pragma unroll
         for (int r = 0; r < kMaxRows; ++r) {
           if (r >= num_rows) break;

@@ -69,12 +69,6 @@ inline int tc_smem_bytes(int head_size) {
   }
 }
 
-// 16 raw bytes from global memory (zero when the simulator finds them out of bounds).
-__device__ __forceinline__ uint4 load_raw16(const void* src) {
-  if (!OCT_VALID(src, 16)) return make_uint4(0, 0, 0, 0);
-  return *reinterpret_cast<const uint4*>(src);
-}
-
 template <typename T, int D>
 __global__ void __launch_bounds__(tc::kThreads)
 paged_attention_tc_kernel(const PagedAttentionArgs args, const PagedAttentionPlan plan) {

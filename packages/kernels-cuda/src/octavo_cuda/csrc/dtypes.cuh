@@ -41,6 +41,21 @@ __device__ __forceinline__ void load_vec16(const T* __restrict__ src, float* dst
   for (int i = 0; i < N; ++i) dst[i] = to_float(elems[i]);
 }
 
+// 16 raw bytes from global memory, 16-byte aligned (zero when the simulator finds them out of
+// bounds).
+__device__ __forceinline__ uint4 load_raw16(const void* src) {
+  if (!OCT_VALID(src, 16)) return make_uint4(0, 0, 0, 0);
+  return *reinterpret_cast<const uint4*>(src);
+}
+
+// The Vec16<T>::kSize elements of a raw 16-byte vector, as floats.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* dst) {
+  const T* elems = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec16<T>::kSize; ++i) dst[i] = to_float(elems[i]);
+}
+
 // Reads one element of global memory (zero when the simulator finds it out of bounds).
 template <typename T>
 __device__ __forceinline__ T load_global(const T* ptr) {
