@@ -25,7 +25,7 @@ def test_greedy_on_cuda_matches_hf(tiny_cuda, backend):
     try:
         llm = LLM(str(folder), device="cuda", dtype="float32", block_size=16,
                   num_gpu_blocks_override=128, attention_backend=backend)
-    except (KeyError, ValueError) as exc:
+    except ValueError as exc:  # backend not installed or not for this shape
         pytest.skip(f"backend {backend}: {exc}")
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (5, 17, 40, 3)]

@@ -180,3 +180,11 @@ def test_random_streams_never_leak_or_double_free(data):
     for req in list(live.values()):
         kv.free(req)
     assert kv.num_free_blocks == num_blocks
+
+
+def test_request_token_slices_span_prompt_and_output():
+    req = make_request("a", [1, 2, 3])
+    req.output_token_ids.extend([4, 5])
+    for start in range(6):
+        for stop in range(start, 6):
+            assert req.token_ids(start, stop) == [1, 2, 3, 4, 5][start:stop]

@@ -18,6 +18,9 @@ def select_attention_backend(
     """The named backend (validated), else the supported backend with the highest priority."""
     registry = attention_backends()
     if name is not None:
+        if name not in registry:
+            raise ValueError(f"unknown attention backend {name!r}; installed: "
+                             f"{', '.join(registry.names())}")
         backend = registry.get(name)
         if not backend.supports(device, dtype, head_size):
             raise ValueError(

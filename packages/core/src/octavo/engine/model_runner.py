@@ -56,7 +56,7 @@ class ModelRunner:
         block_tables = np.zeros((len(query_lens), max_blocks), dtype=np.int32)
         for i, item in enumerate(scheduled.scheduled):
             lo, hi = query_start_loc[i], query_start_loc[i + 1]
-            tokens = item.request.all_token_ids[starts[i]:seq_lens[i]]
+            tokens = item.request.token_ids(starts[i], seq_lens[i])
             input_ids[lo:hi] = tokens
             pos = np.arange(starts[i], seq_lens[i], dtype=np.int64)
             positions[lo:hi] = pos

@@ -72,5 +72,14 @@ class Request:
     def is_prefill_done(self) -> bool:
         return self.num_computed_tokens >= self.num_prompt_tokens
 
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """Tokens ``start:stop`` of prompt + output, without joining the two lists."""
+        num_prompt = len(self.prompt_token_ids)
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt:stop - num_prompt]
+        if stop <= num_prompt:
+            return self.prompt_token_ids[start:stop]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:stop - num_prompt]
+
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
