@@ -11,7 +11,8 @@ A token at position ``pos`` of request ``r`` lives in slot
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,9 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: list[int]  # host copies, so backends need not synchronize
     seq_lens_cpu: list[int]
+    # Scratch shared by every layer of one step: backends keep tensors derived from this
+    # metadata here (index tensors, launch plans) instead of rebuilding them per layer.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_seqs(self) -> int:

@@ -53,36 +53,75 @@ def _bias_and_mask(
     return scores.masked_fill(mask, float("-inf"))
 
 
+def _decode_slots(
+    block_tables: torch.Tensor,  # [S, max_blocks]
+    seq_lens: torch.Tensor,  # [S] int64
+    block_size: int,
+    width: int,
+) -> torch.Tensor:  # [S * width] int64 slots
+    """Slots of positions ``0 .. width-1`` of each sequence; positions past its end read
+    position 0 instead (always written), so the gathered padding holds real, finite values."""
+    pos = torch.arange(width, device=block_tables.device)[None, :]
+    pos = torch.where(pos < seq_lens[:, None], pos, 0)
+    blocks = block_tables.long().gather(1, pos // block_size)
+    return (blocks * block_size + pos % block_size).reshape(-1)
+
+
 def _decode_attention(
     query: torch.Tensor,  # [S, num_heads, head_size], one query per sequence
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
-    block_tables: torch.Tensor,  # [S, max_blocks]
-    seq_lens: torch.Tensor,  # [S]
-    max_seq_len: int,
+    slots: torch.Tensor,  # [S * width], from _decode_slots
+    seq_lens: torch.Tensor,  # [S] int64
     scale: float,
     alibi_slopes, sliding_window, logits_soft_cap,
 ) -> torch.Tensor:
     """All single-token queries at once over their padded, gathered contexts."""
     num_seqs, num_heads, head_size = query.shape
-    block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
+    num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
-    num_blocks = -(-max_seq_len // block_size)
-    table = block_tables[:, :num_blocks].long()
-    k = key_cache[table].flatten(1, 2).float()  # [S, T, KH, D], a gathered copy
-    v = value_cache[table].flatten(1, 2).float()
+    flat_k = key_cache.view(-1, num_kv_heads, head_size)
+    flat_v = value_cache.view(-1, num_kv_heads, head_size)
+    k = flat_k.index_select(0, slots).view(num_seqs, -1, num_kv_heads, head_size).float()
+    v = flat_v.index_select(0, slots).view(num_seqs, -1, num_kv_heads, head_size).float()
+    k_pos = torch.arange(k.shape[1], device=query.device)
     q = query.float().view(num_seqs, num_kv_heads, group, head_size)
-    scores = torch.matmul(q, k.permute(0, 2, 3, 1)) * scale  # [S, KH, G, T]
-    k_pos = torch.arange(k.shape[1], device=query.device).view(1, 1, 1, -1)
-    q_pos = (seq_lens.long() - 1).view(-1, 1, 1, 1)
-    slopes = None if alibi_slopes is None else alibi_slopes.float().view(1, num_kv_heads, group, 1)
-    scores = _bias_and_mask(scores, q_pos, k_pos, seq_lens.long().view(-1, 1, 1, 1), slopes,
-                            sliding_window, logits_soft_cap)
-    probs = torch.softmax(scores, dim=-1)
-    padding = k_pos.view(1, -1, 1, 1) >= seq_lens.long().view(-1, 1, 1, 1)
-    v.masked_fill_(padding, 0.0)  # slots past a sequence's end may hold anything, even NaN
-    out = torch.matmul(probs, v.transpose(1, 2))  # [S, KH, G, D]
+    if alibi_slopes is None and logits_soft_cap is None:
+        allowed = k_pos[None, :] < seq_lens[:, None]  # [S, T]
+        if sliding_window is not None:
+            allowed &= k_pos[None, :] > (seq_lens[:, None] - 1 - sliding_window)
+        out = torch.nn.functional.scaled_dot_product_attention(  # [S, KH, G, D]
+            q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed[:, None, None, :],
+            scale=scale)
+    else:
+        scores = torch.matmul(q, k.permute(0, 2, 3, 1)) * scale  # [S, KH, G, T]
+        slopes = (alibi_slopes.float().view(1, num_kv_heads, group, 1)
+                  if alibi_slopes is not None else None)
+        scores = _bias_and_mask(scores, (seq_lens - 1).view(-1, 1, 1, 1), k_pos.view(1, 1, 1, -1),
+                                seq_lens.view(-1, 1, 1, 1), slopes, sliding_window,
+                                logits_soft_cap)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v.transpose(1, 2))
     return out.reshape(num_seqs, num_heads, head_size).to(query.dtype)
+
+
+def _decode_plan(metadata: AttentionMetadata, block_size: int):
+    """Rows, seq lens and gather slots of the batch's decodes; built once per step."""
+    plan = metadata.memo.get("torch_decode_plan")
+    if plan is None:
+        starts = metadata.query_start_loc_cpu
+        decodes = [i for i in range(metadata.num_seqs) if starts[i + 1] - starts[i] == 1]
+        if len(decodes) < 2:
+            plan = (decodes, None, None, None)
+        else:
+            device = metadata.seq_lens.device
+            index = torch.tensor(decodes, device=device)
+            seq_lens = metadata.seq_lens[index].long()
+            width = -(-max(metadata.seq_lens_cpu[i] for i in decodes) // block_size) * block_size
+            slots = _decode_slots(metadata.block_tables[index], seq_lens, block_size, width)
+            rows = torch.tensor([starts[i] for i in decodes], device=device)
+            plan = (decodes, rows, seq_lens, slots)
+        metadata.memo["torch_decode_plan"] = plan
+    return plan
 
 
 def paged_attention_reference(
@@ -105,16 +144,12 @@ def paged_attention_reference(
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
     starts = metadata.query_start_loc_cpu
-    query_lens = [hi - lo for lo, hi in zip(starts, starts[1:])]
-    decodes = [i for i, n in enumerate(query_lens) if n == 1]
-    if len(decodes) > 1:
-        rows = torch.tensor([starts[i] for i in decodes], device=query.device)
-        index = torch.tensor(decodes, device=query.device)
-        out[rows] = _decode_attention(
-            query[rows], key_cache, value_cache, metadata.block_tables[index],
-            metadata.seq_lens[index], max(metadata.seq_lens_cpu[i] for i in decodes), scale,
-            alibi_slopes, sliding_window, logits_soft_cap)
-    batched = set(decodes) if len(decodes) > 1 else set()
+    decodes, rows, seq_lens, slots = _decode_plan(metadata, key_cache.shape[1])
+    batched = set()
+    if rows is not None:
+        out[rows] = _decode_attention(query[rows], key_cache, value_cache, slots, seq_lens, scale,
+                                      alibi_slopes, sliding_window, logits_soft_cap)
+        batched = set(decodes)
     for i, seq_len in enumerate(metadata.seq_lens_cpu):
         q_lo, q_hi = starts[i], starts[i + 1]
         query_len = q_hi - q_lo
