@@ -27,7 +27,10 @@ class CudaAttentionBackend(AttentionBackend):
     """
 
     name = "cuda"
-    priority = 20
+    # Below Triton (10): on the H200 run of 2026-11-28 the Triton kernels were 2-30x faster
+    # (docs/benchmarks.md), and this version's tensor-core prefill has not run on hardware
+    # yet. Select it with attention_backend="cuda"; raise it once it measures faster.
+    priority = 5
     supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = (64, 80, 96, 128, 256)
 
