@@ -205,6 +205,8 @@ def test_bad_input_raises_and_the_engine_keeps_serving(llama):
         llm.generate([[]], GREEDY)
     with pytest.raises(ValueError, match="token ids"):
         llm.generate([[5, 100000]], GREEDY)
+    with pytest.raises(ValueError, match="logit_bias"):
+        llm.generate(good, SamplingParams(logit_bias={10**6: 1.0}))
     with pytest.raises(ValueError):  # one bad prompt in a batch queues none of them
         llm.generate([good[0], ""], GREEDY)
     assert_no_blocks_held(llm)

@@ -51,6 +51,7 @@ class LLMEngine:
         if self.outputs.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.inputs.process(prompt)
+        params.verify_token_ids(self.inputs.vocab_size)
         children = [self._core_request(request_id if params.n == 1 else f"{request_id}#{i}",
                                        token_ids, params.clone_for_child(i) if params.n > 1 else params,
                                        priority)
