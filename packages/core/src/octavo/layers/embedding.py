@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from octavo.layers.dense import dense_linear
 from octavo.layers.linear import copy_checked
 from octavo.layers.parallel import all_gather, all_reduce
 from octavo.modeling import ParallelConfig
@@ -78,7 +79,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, hidden] -> [n, vocab_size]`` float32 logits."""
-        logits = F.linear(hidden, self.weight)  # [n, vocab_per_rank]
+        logits = dense_linear(hidden, self.weight)  # [n, vocab_per_rank]
         if self.parallel.tensor_parallel_size > 1:
             logits = all_gather(logits, self.parallel, dim=-1)[..., :self.num_embeddings]
         return logits.float()
