@@ -2,6 +2,8 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/throughput.py                  # demo, CPU
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-llama 1b
+    # requests of mixed lengths, HF in static batches of 32 (continuous batching's case)
+    python benchmarks/throughput.py --num-prompts 128 --output-len-range 16 256 --hf-batch 32
 
 Prints tokens/s of both, their ratio, greedy agreement, and KV cache utilisation (tokens
 stored / token slots allocated) of Octavo's paged cache beside HF's padded cache.
@@ -59,7 +61,7 @@ def run_octavo(args, prompt_ids):
               max_num_seqs=args.num_prompts, max_num_batched_tokens=args.max_batched_tokens,
               attention_backend=args.backend, **({"kv_cache_memory_gib": args.kv_gib}
                                                  if args.kv_gib else {}))
-    params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in args.lengths]
     llm.generate(prompt_ids[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
     scheduler = llm.engine.core.scheduler
     kv = scheduler.kv_cache
@@ -100,23 +102,26 @@ def run_hf(args, prompt_ids):
     model = AutoModelForCausalLM.from_pretrained(source.folder, torch_dtype=dtype,
                                                  **source.hf_kwargs).to(args.device).eval()
     pad = 0
-    width = max(map(len, prompt_ids))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=args.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids],
-                        device=args.device)
-    kwargs = dict(max_new_tokens=args.output_len, min_new_tokens=args.output_len,
-                  do_sample=False, pad_token_id=pad)
+    outputs, padded_slots = [], 0
     with torch.inference_mode():
-        model.generate(input_ids=ids[:2, -8:], attention_mask=mask[:2, -8:], max_new_tokens=4,
-                       do_sample=False, pad_token_id=pad)
+        warm = torch.tensor([prompt_ids[0][-8:]], device=args.device)
+        model.generate(input_ids=warm, max_new_tokens=4, do_sample=False, pad_token_id=pad)
         sync(args.device)
         start = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        for lo in range(0, len(prompt_ids), args.hf_batch):  # static batches, left-padded
+            batch, lengths = prompt_ids[lo:lo + args.hf_batch], args.lengths[lo:lo + args.hf_batch]
+            width, new = max(map(len, batch)), max(lengths)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=args.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch],
+                                device=args.device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                                 min_new_tokens=new, do_sample=False, pad_token_id=pad)
+            outputs += [row[width:width + n] for row, n in zip(out.tolist(), lengths)]
+            padded_slots += len(batch) * (width + new)
         sync(args.device)
     elapsed = time.perf_counter() - start
-    stored = sum(len(p) + args.output_len for p in prompt_ids)
-    allocated = len(prompt_ids) * (width + args.output_len)
-    return dict(seconds=elapsed, tokens=out[:, width:].tolist(), kv_util_peak=stored / allocated)
+    stored = sum(len(p) + n for p, n in zip(prompt_ids, args.lengths))
+    return dict(seconds=elapsed, tokens=outputs, kv_util_peak=stored / padded_slots)
 
 
 def sync(device: str) -> None:
@@ -130,6 +135,10 @@ def main() -> None:
     parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS), default=None)
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--output-len-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="each request draws its length from LO..HI (seeded)")
+    parser.add_argument("--hf-batch", type=int, default=None,
+                        help="HF batch size (default: all prompts in one batch)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", default=None, help="attention backend (default: best)")
@@ -154,15 +163,20 @@ def main() -> None:
         rng = random.Random(0)
         vocab = RANDOM_LLAMAS[args.random_llama]["vocab_size"]
         prompt_ids = [[rng.randrange(3, vocab) for _ in ids] for ids in prompt_ids]
+    rng = random.Random(1)
+    args.lengths = ([rng.randint(*args.output_len_range) for _ in prompt_ids]
+                    if args.output_len_range else [args.output_len] * len(prompt_ids))
+    args.hf_batch = args.hf_batch or len(prompt_ids)
     load_before = os.getloadavg()
     octavo = run_octavo(args, prompt_ids)
     hf = None if args.skip_hf else run_hf(args, prompt_ids)
     load_after = os.getloadavg()
 
-    n_tokens = args.num_prompts * args.output_len
+    n_tokens = sum(args.lengths)
     rows = [("octavo", octavo)] + ([("hf", hf)] if hf else [])
     print(f"model={args.model or 'demo SmolLM2-135M-Instruct'} device={args.device} "
-          f"dtype={args.dtype} prompts={args.num_prompts} output_len={args.output_len} "
+          f"dtype={args.dtype} prompts={args.num_prompts} "
+          f"output_len={args.output_len_range or args.output_len} hf_batch={args.hf_batch} "
           f"prompt_tokens={sum(map(len, prompt_ids))} threads={torch.get_num_threads()} "
           f"backend={octavo['backend']} loadavg_before={load_before[0]:.2f} "
           f"loadavg_after={load_after[0]:.2f}")
