@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
