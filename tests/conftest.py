@@ -2,13 +2,17 @@
 
 - ``OMP_WAIT_POLICY=PASSIVE``: with two cores, OpenMP's busy-wait makes torch several times
   slower whenever anything else runs.
+- ``OCTAVO_CACHE_DIR``: a fresh cache per run (GGUF conversions).
 - ``TRITON_INTERPRET=1`` without CUDA: Triton kernels run in its interpreter on the CPU. It is
   read when a kernel is defined, so it must be set before any module imports triton.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Converted GGUF configs/tokenizers go to a per-run cache, never the user's home.
+os.environ.setdefault("OCTAVO_CACHE_DIR", tempfile.mkdtemp(prefix="octavo-test-cache-"))
 
 import torch  # noqa: E402
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from octavo.attention import select_attention_backend
 from octavo.config import ModelSettings
+from octavo.model_loader import gguf_cache
 from octavo.model_loader.source import ModelSource, demo_model_path, resolve_model_source
 from octavo.model_loader.weights import WeightFormat
 from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
@@ -66,15 +67,21 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = AutoConfig.from_pretrained(
-        str(source.folder), trust_remote_code=trust_remote_code, **source.hf_kwargs)
-    if not getattr(config, "architectures", None):
-        arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
-        if arch is None:
-            raise ValueError(f"model {source.name!r}: config has no architectures and model_type "
-                             f"{config.model_type!r} has no causal-LM class in transformers")
-        config.architectures = [arch]
-    return config
+    def convert():
+        config = AutoConfig.from_pretrained(
+            str(source.folder), trust_remote_code=trust_remote_code, **source.hf_kwargs)
+        if not getattr(config, "architectures", None):
+            arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+            if arch is None:
+                raise ValueError(
+                    f"model {source.name!r}: config has no architectures and model_type "
+                    f"{config.model_type!r} has no causal-LM class in transformers")
+            config.architectures = [arch]
+        return config
+
+    if not source.gguf_file:
+        return convert()
+    return gguf_cache.load_converted(source.path, "config", convert, AutoConfig.from_pretrained)
 
 
 def load_tokenizer(source: ModelSource, tokenizer: str | None = None,
@@ -89,10 +96,17 @@ def load_tokenizer(source: ModelSource, tokenizer: str | None = None,
         gguf_path = path if path.is_file() and path.suffix == ".gguf" else None
         location = str(path.parent if gguf_path else path) if path.exists() else tokenizer
         kwargs = {"gguf_file": path.name} if gguf_path else {}
-    tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
-    if gguf_path is not None and not getattr(tok, "chat_template", None):
-        tok.chat_template = read_gguf_string(gguf_path, "tokenizer.chat_template")
-    return tok
+    def convert():
+        tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code,
+                                            **kwargs)
+        if gguf_path is not None and not getattr(tok, "chat_template", None):
+            tok.chat_template = read_gguf_string(gguf_path, "tokenizer.chat_template")
+        return tok
+
+    if gguf_path is None:
+        return convert()
+    return gguf_cache.load_converted(gguf_path, "tokenizer", convert,
+                                     AutoTokenizer.from_pretrained)
 
 
 def read_gguf_string(path: Path, key: str) -> str | None:
