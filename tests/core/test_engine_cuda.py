@@ -15,7 +15,8 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module", params=["llama", "mistral", "qwen2"])
 def tiny_cuda(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    hf_model = save_tiny_model(folder, request.param).to("cuda")
+    # head size 64: every CUDA backend supports it (the CPU tests' tiny models use 16)
+    hf_model = save_tiny_model(folder, request.param, hidden_size=256).to("cuda")
     return folder, hf_model
 
 
