@@ -41,7 +41,7 @@ class LLMEngine:
                    device=loaded.device)
 
     def next_request_id(self) -> str:
-        return str(next(self._ids))
+        return f"req-{next(self._ids)}"  # apart from ids callers choose (digits, UUIDs)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     priority: int = 0) -> None:
