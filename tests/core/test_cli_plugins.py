@@ -20,12 +20,7 @@ EXAMPLE = {"name": "example", "distribution": "octavo-example-plugin", "version"
            "hooks": sorted([*REGISTRY_HOOKS, "register_commands"])}
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 def invoke(*args: str) -> str:

@@ -28,12 +28,7 @@ EXAMPLE_DIST = "octavo-example-plugin"
 EXAMPLE_ROOT = Path(__file__).resolve().parents[1] / "plugins" / "octavo-example-plugin"
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 def test_example_plugin_is_an_installed_distribution():

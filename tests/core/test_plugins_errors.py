@@ -15,17 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from octavo.cli import cli
-from octavo.plugins import OctavoPluginManager, PluginError, reset_plugin_manager
+from octavo.plugins import OctavoPluginManager, PluginError
 
 HEADER = "from octavo.plugins import hookimpl\n"
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 @pytest.fixture

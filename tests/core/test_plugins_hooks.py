@@ -28,7 +28,6 @@ from octavo.plugins import (
     kv_cache_managers,
     models,
     quantization_methods,
-    reset_plugin_manager,
     schedulers,
     swappers,
     weight_formats,
@@ -39,12 +38,7 @@ EXAMPLE = ("example", "octavo-example-plugin")
 HOOKS = sorted(name for name, obj in vars(hookspecs).items() if hasattr(obj, "octavo_spec"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    monkeypatch.delenv("OCTAVO_PLUGINS", raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 def test_hookspecs_are_found():
