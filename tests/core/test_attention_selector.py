@@ -17,3 +17,13 @@ def test_named_backend_is_validated():
         select_attention_backend("cpu", torch.float32, 64, "nope")
     with pytest.raises(ValueError, match="does not support"):
         select_attention_backend("cpu", torch.float32, 64, "cuda")
+
+
+def test_a_backend_is_refused_a_feature_it_does_not_support():
+    class NoAlibi(TorchAttentionBackend):
+        name = "no-alibi"
+        supports_alibi = False
+
+    NoAlibi(4, 8, 2, 0.3, sliding_window=4)  # other features stay allowed
+    with pytest.raises(ValueError, match="'no-alibi' does not support alibi"):
+        NoAlibi(4, 8, 2, 0.3, alibi_slopes=torch.ones(4))

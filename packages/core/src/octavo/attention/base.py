@@ -63,6 +63,10 @@ class AttentionBackend(ABC):
         torch.float32, torch.float16, torch.bfloat16)
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any
     priority: ClassVar[int] = 0
+    # Optional features; a backend that sets one to False is refused a layer that needs it.
+    supports_alibi: ClassVar[bool] = True
+    supports_sliding_window: ClassVar[bool] = True
+    supports_logits_soft_cap: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -77,6 +81,10 @@ class AttentionBackend(ABC):
     ) -> None:
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        for feature, value in (("alibi", alibi_slopes), ("sliding_window", sliding_window),
+                               ("logits_soft_cap", logits_soft_cap)):
+            if value is not None and not getattr(self, f"supports_{feature}"):
+                raise ValueError(f"attention backend {self.name!r} does not support {feature}")
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads

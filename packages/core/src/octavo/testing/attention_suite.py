@@ -263,7 +263,7 @@ class AttentionBackendSuite:
         return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
     def _skip_unless(self, feature: str) -> None:
-        if not getattr(self.backend_cls, f"supports_{feature}", True):
+        if not getattr(self.backend_cls, f"supports_{feature}"):
             pytest.skip(f"{self.backend_cls.__name__} declares no {feature} support")
 
     def _lengths(self, request: pytest.FixtureRequest, n: int, lo: int, hi: int) -> list[int]:
