@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,3 +189,12 @@ def test_request_token_slices_span_prompt_and_output():
     for start in range(6):
         for stop in range(start, 6):
             assert req.token_ids(start, stop) == [1, 2, 3, 4, 5][start:stop]
+
+
+def test_kv_cache_spec_share_of_a_tensor_parallel_rank():
+    from octavo.modeling import KVCacheSpec, ParallelConfig
+
+    spec = KVCacheSpec(num_layers=2, num_kv_heads=8, head_size=64)
+    assert spec.for_rank(ParallelConfig(4)).num_kv_heads == 2
+    assert spec.for_rank(ParallelConfig(16)).num_kv_heads == 1  # replicated
+    assert spec.for_rank(ParallelConfig()).bytes_per_token(torch.float32) == 2 * 2 * 8 * 64 * 4

@@ -82,6 +82,11 @@ class KVCacheSpec:
     num_kv_heads: int
     head_size: int
 
+    def for_rank(self, parallel: ParallelConfig) -> KVCacheSpec:
+        """The share of one tensor-parallel rank (KV heads replicate when fewer than ranks)."""
+        heads = max(self.num_kv_heads // parallel.tensor_parallel_size, 1)
+        return KVCacheSpec(self.num_layers, heads, self.head_size)
+
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         elem = torch.empty((), dtype=dtype).element_size()
         return 2 * self.num_layers * self.num_kv_heads * self.head_size * elem

@@ -263,7 +263,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     load_weights(model, fmt, files, config)
     model.eval()
     return LoadedModel(
-        model=model, hf_config=config, tokenizer=tokenizer, kv_spec=kv_spec,
+        model=model, hf_config=config, tokenizer=tokenizer, kv_spec=kv_spec.for_rank(ctx.parallel),
         max_model_len=_max_model_len(settings.max_model_len, config),
         eos_token_ids=eos_token_ids(config, tokenizer, source.folder),
         dtype=dtype, device=device, attention_backend=backend, source=source)

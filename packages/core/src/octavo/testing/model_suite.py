@@ -78,10 +78,8 @@ class PagedBatchRunner:
     def __init__(self, model: CausalLM, *, block_size: int = 4, num_blocks: int = 64,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
-        spec = model.kv_cache_spec(model.config)
-        tp = model.ctx.parallel.tensor_parallel_size
-        kv_heads = max(spec.num_kv_heads // tp, 1)  # this rank's share (replicated if fewer)
-        shape = (num_blocks, block_size, kv_heads, spec.head_size)
+        spec = model.kv_cache_spec(model.config).for_rank(model.ctx.parallel)
+        shape = (num_blocks, block_size, spec.num_kv_heads, spec.head_size)
         self.model = model
         self.block_size = block_size
         self.device = torch.device(device)
