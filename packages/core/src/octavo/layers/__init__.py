@@ -6,6 +6,7 @@ create linear weights through a :class:`~octavo.layers.quantization.Quantization
 """
 
 from octavo.layers.activation import GatedActivation, SiluAndMul, silu_and_mul
+from octavo.layers.alibi import alibi_slopes
 from octavo.layers.attention import Attention
 from octavo.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from octavo.layers.linear import (
@@ -38,7 +39,7 @@ __all__ = [
     "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear", "QuantizationMethod",
     "RMSNorm", "ReplicatedLinear", "RopeConfig", "RotaryEmbedding", "RowParallelLinear",
     "SiluAndMul", "StackedParam", "UnknownWeightError", "UnquantizedMethod",
-    "VocabParallelEmbedding", "apply_rotary", "default_weight_loader", "get_rope",
+    "VocabParallelEmbedding", "alibi_slopes", "apply_rotary", "default_weight_loader", "get_rope",
     "load_hf_weights", "process_weights_after_loading", "rms_norm", "rope_config_from_hf",
     "set_weight_attrs", "silu_and_mul",
 ]

@@ -19,7 +19,6 @@ output, as a freshly allocated cache may hold anything.
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,6 +28,7 @@ import torch
 
 from octavo.attention.base import AttentionBackend, AttentionMetadata
 from octavo.attention.torch_backend import TorchAttentionBackend
+from octavo.layers.alibi import alibi_slopes
 
 # (atol, rtol) of the output against the float32 reference rounded to the input dtype.
 DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -144,17 +144,6 @@ def make_paged_batch(
 
 def _randn(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
-
-
-def alibi_slopes(num_heads: int) -> torch.Tensor:  # [num_heads] float32
-    """The ALiBi paper's geometric slopes (for any head count)."""
-    closest = 2 ** math.floor(math.log2(num_heads))
-    base = 2.0 ** (-8.0 / closest)
-    slopes = [base ** (i + 1) for i in range(closest)]
-    if closest < num_heads:
-        extra = 2.0 ** (-4.0 / closest)
-        slopes += [extra ** (2 * i + 1) for i in range(num_heads - closest)]
-    return torch.tensor(slopes, dtype=torch.float32)
 
 
 class AttentionBackendSuite:
