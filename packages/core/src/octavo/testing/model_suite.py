@@ -160,8 +160,12 @@ class ModelConformanceSuite:
         prompt_lens: lengths of the prompts packed into one prefill (different on purpose).
         weight_noise: std of the noise added to HF's random init, so biases (zero-initialized)
             and norm weights (ones) are exercised too.
+        architectures: the registered architecture names this class verifies; empty means
+            ``hf_config().architectures`` (set it when the checkpoint is converted, e.g. a
+            remote-code layout built from a native HF model).
     """
 
+    architectures: tuple[str, ...] = ()
     model_class: type[CausalLM] | None = None
     attention_backend: type[AttentionBackend] = TorchAttentionBackend
     dtype: torch.dtype = torch.float32
