@@ -31,7 +31,6 @@ class TestTritonAttentionSuite(AttentionBackendSuite):
         long_context = 2000
         num_decodes = 12
     else:
-        dtypes = (torch.float32, torch.bfloat16)
         block_sizes = (16, 32)
         head_configs = ((4, 4), (4, 1))
         max_context = 80

@@ -17,7 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo_triton.launch import interpreted, multiprocessor_count
+from octavo_triton.launch import interpreted, multiprocessor_count, patch_interpreter_dot
+
+patch_interpreter_dot()  # before any launch: bfloat16 tl.dot is wrong in the interpreter
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -67,7 +69,6 @@ def _paged_attention_kernel(
     USE_ALIBI: tl.constexpr,
     USE_SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    USE_DOT: tl.constexpr,  # False in the interpreter: broadcast-and-sum products instead
 ):
     tile_id = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -127,10 +128,7 @@ def _paged_attention_kernel(
         k_base = block * stride_kb + in_block * stride_ks + kv_head * stride_kh
         k = tl.load(k_cache_ptr + k_base[None, :] + offs_d[:, None] * stride_kd,
                     mask=k_ok[None, :] & dim_ok[:, None], other=0.0)
-        if USE_DOT:
-            s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        else:
-            s = tl.sum(q.to(tl.float32)[:, :, None] * k.to(tl.float32)[None, :, :], axis=1)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         if USE_SOFT_CAP:
             s = s * (scale / soft_cap)
             e = tl.exp(-2.0 * tl.abs(s))  # tanh(|s|) = (1 - e) / (1 + e), without overflow
@@ -156,11 +154,7 @@ def _paged_attention_kernel(
         v = tl.load(v_cache_ptr + v_base[:, None] + offs_d[None, :] * stride_vd,
                     mask=k_ok[:, None] & dim_ok[None, :], other=0.0)
         p = p.to(v_cache_ptr.dtype.element_ty)
-        if USE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-        else:
-            pv = tl.sum(p.to(tl.float32)[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
-            acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -251,9 +245,6 @@ def paged_attention(
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_size))
-    # The interpreter's tl.dot is numpy matmul: wrong for bf16, and its threaded BLAS crawls
-    # on a busy small machine. Broadcast products are exact in float32 and steady there.
-    use_dot = not interpreted()
 
     for cfg in plan_launches(query, num_kv_heads, num_tokens, num_seqs, max_query_len,
                              max_seq_len, min_query_len, config):
@@ -290,7 +281,6 @@ def paged_attention(
             USE_ALIBI=alibi_slopes is not None,
             USE_SOFT_CAP=logits_soft_cap is not None,
             DOT_PRECISION="ieee" if query.dtype == torch.float32 else None,
-            USE_DOT=use_dot,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
         if num_splits > 1:
@@ -349,11 +339,8 @@ def choose_config(
     head_size = query.shape[2]
     group = query.shape[1] // num_kv_heads
     if interpreted():
-        # The interpreter pays per program and per op: few, large tiles, with the
-        # [BLOCK_M, HEAD_PAD, BLOCK_N] products within Triton's 2**20-element limit.
-        head_pad = max(16, triton.next_power_of_2(head_size))
-        block_n = min(128, max(16, 2**20 // (128 * head_pad)))
-        return {"block_m": 128, "block_n": block_n, "num_splits": 1, "num_warps": 4,
+        # The interpreter pays per program and per op: few, large tiles.
+        return {"block_m": 128, "block_n": 128, "num_splits": 1, "num_warps": 4,
                 "num_stages": 1}
     big_head = head_size > 128
     if max_query_len * group <= 16:  # decodes: one 16-row tile holds every query head

@@ -1,4 +1,4 @@
-"""Launch helpers: interpreter detection and cached device properties."""
+"""Launch helpers: interpreter detection, an interpreter fix, cached device properties."""
 
 from __future__ import annotations
 
@@ -29,3 +29,38 @@ def interpreted() -> bool:
 def multiprocessor_count(device_index: int) -> int:
     """Number of SMs of a CUDA device (cached: the query is slow)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def patch_interpreter_dot() -> None:
+    """Make the interpreter's ``tl.dot`` exact for 16-bit floats; a no-op off the interpreter.
+
+    The interpreter multiplies the raw numpy arrays, and it stores bfloat16 as uint16 bits,
+    so a bfloat16 ``tl.dot`` returns garbage there (float16 is right, but slow without BLAS).
+    Widening both operands to float32 first gives the exact products a GPU's tensor cores
+    accumulate in float32. This changes the interpreter, not the kernels: they run the same
+    ``tl.dot`` on either.
+    """
+    if not interpreter_requested():
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "octavo_widened", False):
+        return
+    original = builder.create_dot
+
+    def widen(handle):
+        if handle.dtype.scalar == tl.bfloat16:
+            bits = handle.data.astype(np.uint32) << 16
+            return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+        if handle.dtype.scalar == tl.float16:
+            return interpreter.TensorHandle(handle.data.astype(np.float32), tl.float32)
+        return handle
+
+    def create_dot(self, a, b, d, *args, **kwargs):
+        return original(self, widen(a), widen(b), d, *args, **kwargs)
+
+    create_dot.octavo_widened = True
+    builder.create_dot = create_dot

@@ -1,8 +1,10 @@
 """Conformance suite for attention backends; third-party backends subclass it.
 
 Every test builds a fresh random packed batch over a paged KV cache with a shuffled,
-non-contiguous block table, runs the backend, and compares both its output and the KV cache it
-wrote against :mod:`octavo.attention.torch_backend`, the oracle. Usage::
+non-contiguous block table, runs the backend, and compares its output with a float64
+reference computed here from the batch's inputs (:func:`reference_attention`, independent of
+every backend, the torch one included) and the KV cache it wrote with the expected cache
+(:func:`reference_cache`). Usage::
 
     from octavo.testing.attention_suite import AttentionBackendSuite
 
@@ -12,14 +14,18 @@ wrote against :mod:`octavo.attention.torch_backend`, the oracle. Usage::
         dtypes = (torch.float16, torch.bfloat16)
 
 Subclasses can shrink or grow the shapes with the class attributes below (``block_sizes``,
-``head_sizes``, ``head_configs``, ``max_context``, ...). Cache contents that no request owns
-are filled with ``stale_value`` (NaN by default): a backend must never let them reach its
-output, as a freshly allocated cache may hold anything.
+``head_sizes``, ``head_configs``, ``max_context``, ...). Poison is everywhere a backend must
+not look: cache contents that no request owns are filled with ``stale_value`` (NaN by
+default), as a freshly allocated cache may hold anything, and every buffer the backend
+allocates during ``forward`` (``torch.empty`` and friends; on CUDA also the caching
+allocator's free memory) starts as NaN, so an output row the backend forgets to write fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,10 +33,12 @@ import pytest
 import torch
 
 from octavo.attention.base import AttentionBackend, AttentionMetadata
-from octavo.attention.torch_backend import TorchAttentionBackend
 from octavo.layers.alibi import alibi_slopes
 
-# (atol, rtol) of the output against the float32 reference rounded to the input dtype.
+__all__ = ["DEFAULT_TOLERANCES", "AttentionBackendSuite", "PagedBatch", "alibi_slopes",
+           "make_paged_batch", "poisoned_allocations", "reference_attention", "reference_cache"]
+
+# (atol, rtol) of a backend's output (in the input dtype) against the float64 reference.
 DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float32: (1e-4, 1e-4),
     torch.float16: (3e-3, 3e-3),
@@ -146,6 +154,102 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> 
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
 
 
+def reference_attention(
+    batch: PagedBatch,
+    scale: float,
+    *,
+    alibi_slopes: torch.Tensor | None = None,  # [num_heads]
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_size] float64, on the CPU
+    """Causal attention of ``batch`` in float64, computed request by request on the CPU.
+
+    Request ``i`` attends over its cached context, read from the cache as it was before the
+    step through its block table, followed by its own new K/V rows (not read back from any
+    cache a backend wrote).
+    """
+    md = batch.metadata
+    num_heads, head_size = batch.query.shape[1:]
+    num_kv_heads, block_size = batch.key_cache.shape[2], batch.key_cache.shape[1]
+    group = num_heads // num_kv_heads
+    flat_k = batch.key_cache.cpu().double().view(-1, num_kv_heads, head_size)
+    flat_v = batch.value_cache.cpu().double().view(-1, num_kv_heads, head_size)
+    query, key, value = (t.cpu().double() for t in (batch.query, batch.key, batch.value))
+    tables = md.block_tables.cpu().long()
+    slopes = None if alibi_slopes is None else alibi_slopes.cpu().double()
+    out = torch.empty(md.num_tokens, num_heads, head_size, dtype=torch.float64)
+    starts = md.query_start_loc_cpu
+    for i, seq_len in enumerate(md.seq_lens_cpu):
+        lo, hi = starts[i], starts[i + 1]
+        if lo == hi:
+            continue
+        cached = torch.arange(seq_len - (hi - lo))
+        slots = tables[i, cached // block_size] * block_size + cached % block_size
+        k = torch.cat([flat_k[slots], key[lo:hi]]).repeat_interleave(group, dim=1)  # [s, H, D]
+        v = torch.cat([flat_v[slots], value[lo:hi]]).repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", query[lo:hi], k) * scale  # [H, q, s]
+        if logits_soft_cap is not None:
+            scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
+        q_pos = torch.arange(seq_len - (hi - lo), seq_len).view(1, -1, 1)
+        k_pos = torch.arange(seq_len).view(1, 1, -1)
+        if slopes is not None:
+            scores = scores + slopes.view(-1, 1, 1) * (k_pos - q_pos)
+        hidden = k_pos > q_pos
+        if sliding_window is not None:
+            hidden = hidden | (k_pos <= q_pos - sliding_window)
+        probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+        out[lo:hi] = torch.einsum("hqk,khd->qhd", probs, v)
+    return out
+
+
+def reference_cache(batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K/V caches (on the CPU) after the step: new rows at their slots, padding skipped."""
+    slots = batch.metadata.slot_mapping.cpu()[: batch.key.shape[0]]
+    real = slots >= 0
+    caches = []
+    for cache, new in ((batch.key_cache, batch.key), (batch.value_cache, batch.value)):
+        expected = cache.cpu().clone()
+        expected.view(-1, *cache.shape[2:])[slots[real]] = new.cpu()[real]
+        caches.append(expected)
+    return caches[0], caches[1]
+
+
+@contextlib.contextmanager
+def poisoned_allocations(device: torch.device | str,
+                         value: float = float("nan")) -> Iterator[None]:
+    """While active, floating-point tensors from ``torch.empty``, ``torch.empty_like``,
+    ``torch.empty_strided`` and ``Tensor.new_empty`` start filled with ``value``.
+
+    On CUDA the caching allocator's free memory is poisoned too, so buffers that compiled
+    extensions allocate in C++ start as ``value`` as well (a best effort: the allocator reuses
+    the freed block for requests of up to its size).
+    """
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        poison = torch.full((min(free // 8, 64 << 20),), value, dtype=torch.float32,
+                            device=device)
+        del poison
+
+    def poisoning(allocate):
+        def allocate_poisoned(*args, **kwargs):
+            tensor = allocate(*args, **kwargs)
+            if tensor.is_floating_point():
+                tensor.fill_(value)
+            return tensor
+        return allocate_poisoned
+
+    patched = [(torch, "empty"), (torch, "empty_like"), (torch, "empty_strided"),
+               (torch.Tensor, "new_empty")]
+    originals = [getattr(owner, name) for owner, name in patched]
+    try:
+        for (owner, name), original in zip(patched, originals):
+            setattr(owner, name, poisoning(original))
+        yield
+    finally:
+        for (owner, name), original in zip(patched, originals):
+            setattr(owner, name, original)
+
+
 class AttentionBackendSuite:
     """Conformance tests for an :class:`~octavo.attention.base.AttentionBackend` subclass.
 
@@ -159,7 +263,7 @@ class AttentionBackendSuite:
     device: ClassVar[str] = "cpu"
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float16, torch.bfloat16)
     block_sizes: ClassVar[tuple[int, ...]] = (8, 16, 32)
-    head_sizes: ClassVar[tuple[int, ...]] = (64, 128)
+    head_sizes: ClassVar[tuple[int, ...]] = (64, 80, 96, 128, 256)
     # (num_heads, num_kv_heads): multi-head, grouped-query, multi-query
     head_configs: ClassVar[tuple[tuple[int, int], ...]] = ((4, 4), (4, 2), (4, 1))
     gqa_config: ClassVar[tuple[int, int]] = (4, 2)  # used where heads are not the subject
@@ -223,27 +327,25 @@ class AttentionBackendSuite:
         if slopes is not None:
             slopes = slopes.to(self.device)
         kwargs = dict(backend_kwargs, alibi_slopes=slopes)
-
-        ref_k, ref_v = batch.key_cache.clone(), batch.value_cache.clone()
-        reference = TorchAttentionBackend(num_heads, head_size, num_kv_heads,
-                                          head_size ** -0.5, **kwargs)
-        expected = reference.forward(batch.query, batch.key, batch.value, ref_k, ref_v,
-                                     batch.metadata)
+        expected = reference_attention(batch, head_size ** -0.5, **kwargs)
+        expected_k, expected_v = reference_cache(batch)
 
         key_cache, value_cache = batch.key_cache.clone(), batch.value_cache.clone()
         backend = self.make_backend(num_heads, head_size, num_kv_heads, **kwargs)
-        out = backend.forward(batch.query, batch.key, batch.value, key_cache, value_cache,
-                              batch.metadata)
+        with poisoned_allocations(self.device):
+            out = backend.forward(batch.query, batch.key, batch.value, key_cache, value_cache,
+                                  batch.metadata)
 
         n = batch.num_tokens
         assert out.shape[1:] == batch.query.shape[1:] and out.shape[0] >= n
         assert out.dtype == dtype and out.device.type == torch.device(self.device).type
-        torch.testing.assert_close(key_cache, ref_k, atol=0, rtol=0, equal_nan=True,
-                                   msg=lambda m: f"key cache differs from the reference: {m}")
-        torch.testing.assert_close(value_cache, ref_v, atol=0, rtol=0, equal_nan=True,
-                                   msg=lambda m: f"value cache differs from the reference: {m}")
+        torch.testing.assert_close(key_cache.cpu(), expected_k, atol=0, rtol=0, equal_nan=True,
+                                   msg=lambda m: f"key cache differs from the expected: {m}")
+        torch.testing.assert_close(value_cache.cpu(), expected_v, atol=0, rtol=0,
+                                   equal_nan=True,
+                                   msg=lambda m: f"value cache differs from the expected: {m}")
         atol, rtol = self.tolerance(dtype)
-        torch.testing.assert_close(out[:n], expected[:n], atol=atol, rtol=rtol,
+        torch.testing.assert_close(out[:n].cpu().double(), expected, atol=atol, rtol=rtol,
                                    msg=lambda m: f"output differs from the reference: {m}")
 
     @staticmethod
