@@ -109,6 +109,8 @@ def test_supports_and_priority():
             is TritonAttentionBackend
     assert not TritonAttentionBackend.supports(DEVICE, torch.float32, 512)
     assert not TritonAttentionBackend.supports(DEVICE, torch.int8, 64)
+    assert "head size 512" in TritonAttentionBackend.unsupported_reason(DEVICE, torch.float32, 512)
+    assert "dtype torch.int8" in TritonAttentionBackend.unsupported_reason(DEVICE, torch.int8, 64)
 
 
 def test_non_power_of_two_head_size_and_group():
@@ -128,3 +130,22 @@ def test_non_power_of_two_head_size_and_group():
     expected = paged_attention_reference(batch.query, batch.key_cache, batch.value_cache, md,
                                          80 ** -0.5)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fallback_to_torch_is_logged_with_its_reason(monkeypatch, caplog):
+    """Where Triton cannot run (here: CPU without the interpreter), torch serves and the log
+    says why the higher-priority triton backend was passed over."""
+    import octavo_triton.launch as launch
+
+    monkeypatch.setattr(TritonAttentionBackend, "priority", 10)
+    monkeypatch.setattr(launch, "interpreter_requested", lambda: False)
+    monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: False)
+    reason = TritonAttentionBackend.unsupported_reason("cpu", torch.float32, 64)
+    assert "no CUDA device and Triton's interpreter is off" in reason
+    assert "CUDA is not available" in TritonAttentionBackend.unsupported_reason(
+        "cuda", torch.float16, 64)
+    with caplog.at_level("INFO", logger="octavo.attention.selector"):
+        assert select_attention_backend("cpu", torch.float32, 64).name == "torch"
+    assert "'triton' (priority 10) not used" in caplog.text and reason in caplog.text
+    with pytest.raises(ValueError, match="interpreter is off"):
+        select_attention_backend("cpu", torch.float32, 64, name="triton")

@@ -9,7 +9,7 @@ import torch
 from octavo.attention.base import AttentionBackend, AttentionMetadata
 from octavo_triton.attention_kernels import paged_attention
 from octavo_triton.cache_kernels import reshape_and_cache
-from octavo_triton.launch import interpreted, interpreter_requested
+from octavo_triton.launch import interpreter_requested, triton_unavailable_reason
 
 MAX_HEAD_SIZE = 256
 
@@ -36,14 +36,12 @@ class TritonAttentionBackend(AttentionBackend):
     supports_logits_soft_cap: ClassVar[bool] = True
 
     @classmethod
-    def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
-        device_type = torch.device(device).type
-        if device_type == "cpu" and not (interpreter_requested() and interpreted()):
-            return False
-        if device_type == "cuda" and not torch.cuda.is_available():
-            return False
-        return (super().supports(device, dtype, head_size)
-                and 1 <= head_size <= MAX_HEAD_SIZE)
+    def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
+                           head_size: int) -> str | None:
+        if not 1 <= head_size <= MAX_HEAD_SIZE:
+            return f"head size {head_size} is outside 1..{MAX_HEAD_SIZE}"
+        return (triton_unavailable_reason(device)
+                or super().unsupported_reason(device, dtype, head_size))
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -25,6 +25,26 @@ def interpreted() -> bool:
     return type(_reshape_and_cache_kernel).__name__ == "InterpretedFunction"
 
 
+def triton_unavailable_reason(device: torch.device | str) -> str | None:
+    """Why Triton kernels cannot run on ``device`` in this process, or None when they can."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if interpreted():
+            return "Triton runs in its CPU interpreter in this process (TRITON_INTERPRET=1)"
+        return None
+    if device_type == "cpu":
+        if not interpreter_requested():
+            return ("no CUDA device and Triton's interpreter is off (set TRITON_INTERPRET=1 "
+                    "before Triton is imported to run the kernels on the CPU, slowly)")
+        if not interpreted():
+            return ("TRITON_INTERPRET=1 was set after the kernels were compiled for the GPU; "
+                    "set it before Triton is imported")
+        return None
+    return f"Triton kernels do not run on device {device_type!r}"
+
+
 @functools.lru_cache(maxsize=16)
 def multiprocessor_count(device_index: int) -> int:
     """Number of SMs of a CUDA device (cached: the query is slow)."""

@@ -95,9 +95,20 @@ class AttentionBackend(ABC):
 
     @classmethod
     def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
+        return cls.unsupported_reason(device, dtype, head_size) is None
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
+                           head_size: int) -> str | None:
+        """Why this backend cannot run here (logged when the engine falls back), else None."""
         device_type = torch.device(device).type
-        return (device_type in cls.supported_devices and dtype in cls.supported_dtypes
-                and (cls.supported_head_sizes is None or head_size in cls.supported_head_sizes))
+        if device_type not in cls.supported_devices:
+            return f"device {device_type!r} is not one of {', '.join(cls.supported_devices)}"
+        if dtype not in cls.supported_dtypes:
+            return f"dtype {dtype} is not supported"
+        if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
+            return f"head size {head_size} is not one of {cls.supported_head_sizes}"
+        return None
 
     @abstractmethod
     def forward(

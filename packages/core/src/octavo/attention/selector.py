@@ -1,4 +1,4 @@
-"""Choosing an attention backend from the registry."""
+"""Choosing an attention backend from the registry, logging why others were passed over."""
 
 from __future__ import annotations
 
@@ -12,31 +12,55 @@ from octavo.plugins import attention_backends
 logger = logging.getLogger(__name__)
 
 
+def unsupported_reason(backend: type[AttentionBackend], device: torch.device | str,
+                       dtype: torch.dtype, head_size: int) -> str | None:
+    """Why ``backend`` cannot serve this layer shape, or None when it can."""
+    if backend.supports(device, dtype, head_size):
+        return None
+    return (backend.unsupported_reason(device, dtype, head_size)
+            or f"{backend.__name__}.supports() refused it")
+
+
 def select_attention_backend(
     device: torch.device | str, dtype: torch.dtype, head_size: int, name: str | None = None
 ) -> type[AttentionBackend]:
-    """The named backend (validated), else the supported backend with the highest priority."""
+    """The named backend (validated), else the supported backend with the highest priority.
+
+    A backend that outranks the chosen one but cannot run here (no CUDA and no Triton
+    interpreter, an unsupported dtype or head size, a failed import) is logged with its reason.
+    """
     registry = attention_backends()
+    where = f"device={torch.device(device).type}, dtype={dtype}, head_size={head_size}"
     if name is not None:
         if name not in registry:
             raise ValueError(f"unknown attention backend {name!r}; installed: "
                              f"{', '.join(registry.names())}")
         backend = registry.get(name)
-        if not backend.supports(device, dtype, head_size):
-            raise ValueError(
-                f"attention backend {name!r} does not support device={torch.device(device).type}, "
-                f"dtype={dtype}, head_size={head_size}")
+        reason = unsupported_reason(backend, device, dtype, head_size)
+        if reason is not None:
+            raise ValueError(f"attention backend {name!r} does not support {where}: {reason}")
         return backend
-    candidates = []
+    candidates: list[type[AttentionBackend]] = []
+    passed_over: list[tuple[str, int | None, str]] = []  # (name, priority, reason)
     for backend_name in registry:
         try:
             backend = registry.get(backend_name)
         except Exception as exc:  # a broken optional backend must not stop the engine
-            logger.warning("skipping attention backend %r: %s", backend_name, exc)
+            passed_over.append((backend_name, None, f"{type(exc).__name__}: {exc}"))
             continue
-        if backend.supports(device, dtype, head_size):
+        reason = unsupported_reason(backend, device, dtype, head_size)
+        if reason is None:
             candidates.append(backend)
+        else:
+            passed_over.append((backend_name, backend.priority, reason))
     if not candidates:
-        raise ValueError(f"no attention backend supports device={device}, dtype={dtype}, "
-                         f"head_size={head_size}")
-    return max(candidates, key=lambda b: b.priority)
+        reasons = "; ".join(f"{n!r}: {r}" for n, _, r in passed_over)
+        raise ValueError(f"no attention backend supports {where} ({reasons})")
+    chosen = max(candidates, key=lambda b: b.priority)
+    for backend_name, priority, reason in passed_over:
+        if priority is None:
+            logger.warning("attention backend %r could not be loaded: %s", backend_name, reason)
+        elif priority > chosen.priority:
+            logger.info("attention backend %r (priority %d) not used for %s: %s; "
+                        "falling back to %r", backend_name, priority, where, reason, chosen.name)
+    return chosen
