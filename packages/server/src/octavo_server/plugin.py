@@ -1,3 +1,10 @@
-"""Entry-point plugin of octavo_server."""
+"""Entry-point plugin of octavo_server: adds ``octavo serve``."""
 
-from octavo.plugins import hookimpl  # noqa: F401
+from octavo.plugins import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    from octavo_server.cli import serve
+
+    cli.add_command(serve)

@@ -6,13 +6,26 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from octavo.engine.input_processor import PromptType
 from octavo.engine.llm_engine import LLMEngine
-from octavo.entrypoints.llm import engine_config_from_kwargs
+from octavo.entrypoints.llm import LLM, engine_config_from_kwargs
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's load, for metrics and admission control."""
+
+    num_running: int
+    num_waiting: int
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    block_size: int
+    kv_cache_usage: float  # fraction of blocks in use
 
 
 class AsyncLLM:
@@ -35,9 +48,13 @@ class AsyncLLM:
     def tokenizer(self):
         return self.engine.tokenizer
 
-    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
-                       request_id: str | None = None, priority: int = 0
-                       ) -> AsyncIterator[RequestOutput]:
+    def add_request(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
+                    request_id: str | None = None, priority: int = 0) -> RequestStream:
+        """Queue a request now and return its output stream.
+
+        Bad input raises ``ValueError`` here, before anything is queued, so a server can answer
+        with an error before it starts streaming. Read the stream to its end or ``aclose()`` it.
+        """
         params = sampling_params or SamplingParams()
         request_id = request_id or self.engine.next_request_id()
         queue: asyncio.Queue = asyncio.Queue()
@@ -45,17 +62,34 @@ class AsyncLLM:
             self.engine.add_request(request_id, prompt, params, priority)
             self._queues[request_id] = queue
         self._ensure_loop()
-        finished = False
+        return RequestStream(self, request_id, queue)
+
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
+                       request_id: str | None = None, priority: int = 0
+                       ) -> AsyncIterator[RequestOutput]:
+        stream = self.add_request(prompt, sampling_params, request_id, priority)
         try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
+            async for output in stream:
+                yield output
         finally:
-            if not finished:
-                await self.abort(request_id)
+            await stream.aclose()
+
+    def stats(self) -> EngineStats:
+        """The engine's load right now (request counts and KV cache occupancy).
+
+        Read without the engine lock, so it never waits for a step; during a step the counts
+        may be one step old.
+        """
+        scheduler = self.engine.core.scheduler
+        kv_cache = scheduler.kv_cache
+        return EngineStats(
+            num_running=getattr(scheduler, "num_running", 0),
+            num_waiting=getattr(scheduler, "num_waiting", 0),
+            num_kv_blocks=kv_cache.num_blocks, num_free_kv_blocks=kv_cache.num_free_blocks,
+            block_size=kv_cache.block_size, kv_cache_usage=kv_cache.usage())
+
+    # Chat prompts are rendered exactly as the offline API renders them.
+    apply_chat_template = LLM.apply_chat_template
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with ``finish_reason == "abort"``."""
@@ -105,3 +139,35 @@ class AsyncLLM:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+
+
+class RequestStream:
+    """The outputs of one queued request, as an async iterator.
+
+    ``aclose()`` aborts the request if it has not finished (safe to call more than once, and
+    before iterating at all), so its KV blocks return to the pool at once.
+    """
+
+    def __init__(self, llm: AsyncLLM, request_id: str, queue: asyncio.Queue) -> None:
+        self.llm = llm
+        self.request_id = request_id
+        self._queue = queue
+        self.finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True  # the engine loop already aborted it
+            raise item
+        self.finished = item.finished
+        return item
+
+    async def aclose(self) -> None:
+        if not self.finished:
+            self.finished = True
+            await self.llm.abort(self.request_id)

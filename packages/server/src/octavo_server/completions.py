@@ -1,0 +1,173 @@
+"""``POST /v1/completions``: text in, text out (OpenAI's legacy completions API)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from octavo.outputs import CompletionOutput, RequestOutput, TokenLogprobDict
+from octavo_server.errors import APIError
+from octavo_server.generation import (
+    Generation,
+    Prompt,
+    check_context,
+    final_usage,
+    process_prompt,
+    sampling_params,
+    usage,
+)
+from octavo_server.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    random_id,
+)
+from octavo_server.state import app_state
+from octavo_server.streaming import event_stream, sse
+
+router = APIRouter()
+
+
+def _prompt_list(prompt) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt is empty", param="prompt")
+    if isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request):
+    state = app_state(request)
+    model = state.manager.get(body.model)
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of must equal n: ranking extra samples is not supported",
+                       param="best_of")
+    prompts = [process_prompt(model, p) for p in _prompt_list(body.prompt)]
+    echo_logprobs = body.logprobs if body.echo else None
+    params = sampling_params(lambda: body.sampling_params(body.max_tokens, body.logprobs,
+                                                          echo_logprobs), "max_tokens")
+    for prompt in prompts:
+        check_context(model, prompt, body.max_tokens, "max_tokens", "prompt")
+    generation = await Generation.start(model, state.metrics, prompts, params, body.priority)
+    view = CompletionView(model.tokenizer, body, prompts)
+    response_id = random_id("cmpl")
+    if body.stream:
+        return event_stream(view.chunks(generation, response_id, model.name),
+                            generation)
+    outputs = await generation.final_outputs()
+    choices = [view.choice(generation.choice_index(i, c.index), out, c)
+               for i, out in enumerate(outputs) for c in out.outputs]
+    return CompletionResponse(id=response_id, model=model.name, choices=choices,
+                              usage=final_usage(outputs))
+
+
+class CompletionView:
+    """Renders engine outputs as completion choices: echo, logprobs, text offsets."""
+
+    def __init__(self, tokenizer, body: CompletionRequest, prompts: list[Prompt]) -> None:
+        self.tokenizer = tokenizer
+        self.body = body
+        self.prompts = prompts
+
+    def _prompt_text(self, prompt: Prompt) -> str:
+        return prompt.text if prompt.text is not None else self.tokenizer.decode(prompt.token_ids)
+
+    def _logprobs(self, token_ids: list[int], entries: list[TokenLogprobDict | None],
+                  offset: int) -> CompletionLogprobs:
+        result = CompletionLogprobs()
+        for token_id, entry in zip(token_ids, entries):
+            chosen = entry.get(token_id) if entry else None
+            token = chosen.decoded_token if chosen else self.tokenizer.decode([token_id])
+            result.tokens.append(token)
+            result.token_logprobs.append(chosen.logprob if chosen else None)
+            result.top_logprobs.append(
+                {lp.decoded_token: lp.logprob for lp in sorted(entry.values(), key=_rank)}
+                if entry else None)
+            result.text_offset.append(offset)
+            offset += len(token)
+        return result
+
+    def _echo_logprobs(self, output: RequestOutput, prompt: Prompt) -> CompletionLogprobs:
+        entries = output.prompt_logprobs or [None] * len(prompt.token_ids)
+        return self._logprobs(prompt.token_ids, entries, 0)
+
+    def choice(self, index: int, output: RequestOutput, completion: CompletionOutput
+               ) -> CompletionChoice:
+        prompt = self.prompts[index // self.body.n]
+        text, logprobs = completion.text, None
+        if self.body.logprobs is not None:
+            logprobs = CompletionLogprobs()
+            if self.body.echo:
+                logprobs = self._echo_logprobs(output, prompt)
+            start = len(self._prompt_text(prompt)) if self.body.echo else 0
+            _extend(logprobs, self._logprobs(completion.token_ids, completion.logprobs or [],
+                                             start))
+        if self.body.echo:
+            text = self._prompt_text(prompt) + text
+        return CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                finish_reason=completion.finish_reason,
+                                stop_reason=completion.stop_reason)
+
+    async def chunks(self, generation: Generation, response_id: str, model_name: str
+                     ) -> AsyncIterator[str]:
+        body = self.body
+        sent_tokens: dict[int, int] = {}  # choice index -> tokens streamed so far
+        sent_chars: dict[int, int] = {}  # choice index -> characters of tokens streamed so far
+        finished: set[int] = set()
+        prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
+
+        def chunk(choices, usage_info=None) -> str:
+            return sse(CompletionResponse(id=response_id, model=model_name, choices=choices,
+                                          usage=usage_info))
+
+        async for prompt_index, output in generation.outputs():
+            prompt = self.prompts[prompt_index]
+            choices = []
+            for completion in output.outputs:
+                index = generation.choice_index(prompt_index, completion.index)
+                done = sent_tokens.get(index, 0)
+                new_ids = completion.token_ids[done:]
+                if index in finished or not (new_ids or completion.delta_text
+                                             or completion.finished):
+                    continue
+                echo = body.echo and index not in sent_tokens
+                text, logprobs = completion.delta_text, None
+                if echo:
+                    text = self._prompt_text(prompt) + text
+                if body.logprobs is not None:
+                    logprobs = (self._echo_logprobs(output, prompt) if echo
+                                else CompletionLogprobs())
+                    start = sent_chars.get(index, len(self._prompt_text(prompt)) if echo else 0)
+                    fresh = self._logprobs(new_ids, (completion.logprobs or [])[done:], start)
+                    _extend(logprobs, fresh)
+                    sent_chars[index] = start + sum(len(t) for t in fresh.tokens)
+                sent_tokens[index] = len(completion.token_ids)
+                if completion.finished:
+                    finished.add(index)
+                choices.append(CompletionChoice(
+                    index=index, text=text, logprobs=logprobs,
+                    finish_reason=completion.finish_reason, stop_reason=completion.stop_reason))
+            if choices:
+                continuous = body.stream_options and body.stream_options.continuous_usage_stats
+                yield chunk(choices, usage(prompt_tokens, sum(sent_tokens.values()))
+                            if continuous else None)
+        if body.include_usage:
+            yield chunk([], usage(prompt_tokens, sum(sent_tokens.values())))
+
+
+def _rank(logprob) -> int:
+    return logprob.rank
+
+
+def _extend(into: CompletionLogprobs, more: CompletionLogprobs) -> None:
+    into.tokens += more.tokens
+    into.token_logprobs += more.token_logprobs
+    into.top_logprobs += more.top_logprobs
+    into.text_offset += more.text_offset

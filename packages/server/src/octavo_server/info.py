@@ -1,0 +1,67 @@
+"""Routes beside generation: models, health, version, tokenizer, metrics."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from octavo_server.chat import chat_token_ids
+from octavo_server.errors import APIError
+from octavo_server.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from octavo_server.state import app_state
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[ModelCard(id=m.name, created=m.created, root=m.source,
+                                     max_model_len=m.max_model_len)
+                           for m in app_state(request).manager])
+
+
+@router.get("/health")
+async def health() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/version")
+async def server_version() -> dict[str, str]:
+    return {"version": version("octavo-server")}
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    model = app_state(request).manager.get(body.model)
+    if body.messages is not None:
+        token_ids = chat_token_ids(model, body.messages, body.add_generation_prompt)
+    else:
+        token_ids = list(model.tokenizer(body.prompt,
+                                         add_special_tokens=body.add_special_tokens).input_ids)
+    return TokenizeResponse(count=len(token_ids), max_model_len=model.max_model_len,
+                            tokens=token_ids)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    model = app_state(request).manager.get(body.model)
+    vocab_size = model.llm.engine.inputs.vocab_size
+    bad = [t for t in body.tokens if not 0 <= t < vocab_size]
+    if bad:
+        raise APIError(400, f"tokens must be in [0, {vocab_size}); got {bad[:5]}", param="tokens")
+    return DetokenizeResponse(prompt=model.tokenizer.decode(body.tokens))
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(app_state(request).metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
