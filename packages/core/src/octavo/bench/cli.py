@@ -1,0 +1,249 @@
+"""The ``octavo bench`` command group: ``throughput``, ``latency`` and ``serve``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any
+
+import click
+
+from octavo.bench.workload import WORKLOADS, make_workload, workload_totals
+from octavo.commands import engine_options
+
+PEERS = ("hf", "llama.cpp")
+
+
+def workload_options(func):
+    @click.option("--workload", type=click.Choice(WORKLOADS), default="random",
+                  show_default=True,
+                  help="random: set lengths; chat: input 16-1024, output 16-512 tokens.")
+    @click.option("--num-requests", "-n", type=int, default=64, show_default=True)
+    @click.option("--input-len", type=int, default=128, show_default=True,
+                  help="Prompt tokens per request (random workload).")
+    @click.option("--output-len", type=int, default=128, show_default=True,
+                  help="Generated tokens per request (random workload); EOS is ignored.")
+    @click.option("--workload-seed", "seed", type=int, default=0, show_default=True,
+                  help="Seed of the prompts and lengths.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def output_options(func):
+    @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+                  help="Also write the results (JSON) to this file.")
+    @click.option("--progress/--no-progress", default=True, show_default=True)
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def build_requests(tokenizer_source: str | None, workload: str, num_requests: int,
+                   input_len: int, output_len: int, seed: int, vocab_size: int | None = None):
+    """The seeded workload and a description of it; token ids avoid special tokens."""
+    tokenizer = None
+    excluded: list[int] = []
+    if vocab_size is None:
+        tokenizer = load_tokenizer_for(tokenizer_source)
+        vocab_size = len(tokenizer)
+        excluded = list(tokenizer.all_special_ids)
+    try:
+        requests = make_workload(workload, num_requests, vocab_size, seed=seed,
+                                 input_len=input_len, output_len=output_len,
+                                 exclude_token_ids=excluded)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    description = {"name": workload, "seed": seed, "model": tokenizer_source or "demo",
+                   "input_len": input_len if workload == "random" else "16-1024",
+                   "output_len": output_len if workload == "random" else "16-512",
+                   **workload_totals(requests)}
+    return requests, description, tokenizer
+
+
+def load_tokenizer_for(model: str | None):
+    from octavo.model_loader.loader import load_tokenizer, resolve_model_source
+
+    try:
+        return load_tokenizer(resolve_model_source(model))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def set_threads(threads: int | None) -> int:
+    import torch
+
+    if threads is not None:
+        if threads <= 0:
+            raise click.UsageError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        click.echo("note: OMP_WAIT_POLICY is not PASSIVE; with few cores OpenMP's busy-wait "
+                   "can make torch several times slower when anything else runs", err=True)
+    return torch.get_num_threads()
+
+
+def engine_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: offline throughput, one-batch latency, and serving."""
+
+
+@bench.command()
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@workload_options
+@click.option("--compare", "peers", type=click.Choice(PEERS), multiple=True,
+              help="Also run this engine on the same requests, in this process (repeatable).")
+@click.option("--hf-batch-size", type=int, default=32, show_default=True,
+              help="HF generate's static batch size (padded).")
+@click.option("--llama-gguf", default=None,
+              help="GGUF for llama.cpp (default: the model itself when it is a GGUF).")
+@click.option("--threads", type=int, default=None, help="Torch and llama.cpp threads.")
+@output_options
+@engine_options
+def throughput(model, workload, num_requests, input_len, output_len, seed, peers,
+               hf_batch_size, llama_gguf, threads, as_json, output, progress, **options):
+    """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
+    from octavo.bench.engines import HFEngine, LlamaCppEngine, OctavoEngine
+    from octavo.bench.report import emit
+    from octavo.bench.throughput import format_throughput, run_throughput
+
+    threads = set_threads(threads)
+    requests, description, _ = build_requests(model, workload, num_requests, input_len,
+                                              output_len, seed)
+    options = engine_kwargs(options)
+    engines = [OctavoEngine(model, **options)]
+    for peer in dict.fromkeys(peers):
+        if peer == "hf":
+            dtype = options.get("dtype", "auto")
+            engines.append(HFEngine(model, batch_size=hf_batch_size,
+                                    dtype="float32" if dtype == "auto" else dtype,
+                                    device="cpu" if options.get("device", "auto") == "auto"
+                                    else options["device"]))
+        else:
+            gguf = llama_gguf or _model_gguf(model)
+            n_ctx = -(-max(r.total_len for r in requests) // 256) * 256
+            engines.append(LlamaCppEngine(gguf, threads=threads, n_ctx=n_ctx))
+    description["threads"] = threads
+    try:
+        report = run_throughput(engines, requests, workload=description, progress=progress)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    emit(report, format_throughput(report), as_json=as_json, output=output)
+
+
+def _model_gguf(model: str | None) -> str:
+    from octavo.model_loader.loader import resolve_model_source
+
+    source = resolve_model_source(model)
+    if not source.gguf_file:
+        raise click.UsageError("--compare llama.cpp needs a GGUF: pass --llama-gguf")
+    return str(source.path)
+
+
+@bench.command()
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--input-len", type=int, default=128, show_default=True)
+@click.option("--output-len", type=int, default=32, show_default=True)
+@click.option("--num-iters", type=int, default=3, show_default=True)
+@click.option("--num-warmup", type=int, default=1, show_default=True)
+@click.option("--workload-seed", "workload_seed", type=int, default=0, show_default=True,
+              help="Seed of the prompts.")
+@click.option("--threads", type=int, default=None, help="Torch threads.")
+@output_options
+@engine_options
+def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, workload_seed,
+            threads,
+            as_json, output, progress, **options):
+    """Time one batch: its prefill, then each decode step."""
+    from octavo.bench.latency import format_latency, run_latency
+    from octavo.bench.report import emit
+    from octavo.commands import build_llm
+
+    threads = set_threads(threads)
+    requests, description, _ = build_requests(model, "random", batch_size, input_len,
+                                              output_len, workload_seed)
+    description["threads"] = threads
+    llm = build_llm(model, options)
+    try:
+        report = run_latency(llm.engine, requests, num_iters=num_iters, num_warmup=num_warmup,
+                             workload=description, progress=progress)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    emit(report, format_latency(report), as_json=as_json, output=output)
+
+
+@bench.command()
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+              help="The server's root URL.")
+@click.option("--served-model", default=None,
+              help="The request's model field (default: the first of /v1/models).")
+@click.option("--endpoint", type=click.Choice(["/v1/completions", "/v1/chat/completions"]),
+              default="/v1/completions", show_default=True)
+@click.option("-m", "--model", default=None,
+              help="Tokenizer source for the prompts (default: the demo model).")
+@click.option("--vocab-size", type=int, default=None,
+              help="Draw token ids below this instead of loading a tokenizer (id prompts).")
+@click.option("--prompt-format", type=click.Choice(["ids", "text"]), default="ids",
+              show_default=True, help="Send token ids, or the prompts decoded to text.")
+@workload_options
+@click.option("--request-rate", type=float, default=math.inf, show_default=True,
+              help="Poisson arrival rate in requests/s (inf: all at once).")
+@click.option("--max-concurrency", "concurrencies", type=int, multiple=True,
+              help="Requests in flight at most; repeat to sweep (one run per value).")
+@click.option("--request-timeout", type=float, default=600.0, show_default=True)
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Ask the server to ignore EOS (vLLM, llama.cpp and Octavo honour it).")
+@click.option("--extra-body", default=None, help="JSON object merged into every request.")
+@click.option("--label", default=None, help="Name of the server in the report and plots.")
+@output_options
+def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, workload,
+          num_requests, input_len, output_len, seed, request_rate, concurrencies,
+          request_timeout, ignore_eos, extra_body, label, as_json, output, progress):
+    """Stream a seeded workload from an OpenAI-compatible server; report TTFT, TPOT, ITL, E2E."""
+    from octavo.bench.report import emit
+    from octavo.bench.serve import format_serve, run_serve
+    from octavo.bench.serve_client import ServeOptions, served_model_name
+
+    if prompt_format == "text" and vocab_size is not None:
+        raise click.UsageError("--prompt-format text needs a tokenizer; drop --vocab-size")
+    try:
+        extra = json.loads(extra_body) if extra_body else {}
+    except ValueError as exc:
+        raise click.UsageError(f"--extra-body is not JSON: {exc}") from exc
+    if not isinstance(extra, dict):
+        raise click.UsageError("--extra-body must be a JSON object")
+    requests, description, tokenizer = build_requests(model, workload, num_requests, input_len,
+                                                      output_len, seed, vocab_size)
+    if prompt_format == "text":
+        prompts = [tokenizer.decode(list(r.prompt_token_ids)) for r in requests]
+    else:
+        prompts = [list(r.prompt_token_ids) for r in requests]
+    try:
+        options = ServeOptions(base_url=base_url,
+                               model=served_model or served_model_name(base_url),
+                               endpoint=endpoint, request_rate=request_rate,
+                               request_timeout=request_timeout, ignore_eos=ignore_eos,
+                               extra_body=extra, seed=seed)
+        for concurrency in concurrencies:
+            if concurrency <= 0:
+                raise ValueError(f"--max-concurrency must be positive, got {concurrency}")
+        report = run_serve(options, requests, prompts, concurrencies=list(concurrencies) or [None],
+                           workload={**description, "prompt_format": prompt_format},
+                           label=label or base_url, progress=progress)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    emit(report, format_serve(report), as_json=as_json, output=output)
+    if any(run["failed"] for run in report["runs"]):
+        raise SystemExit(1)

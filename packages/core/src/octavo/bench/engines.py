@@ -1,0 +1,294 @@
+"""The engines a throughput run compares: each loads once, then generates a whole workload.
+
+An engine returns, per request, exactly ``output_len`` generated token ids (EOS ignored) and
+what it knows about its KV cache use. :func:`measure` times it and records the machine load
+and the process's peak resident memory around the run.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from octavo.bench.machine import LoadWindow, peak_rss_bytes, reset_peak_rss
+from octavo.bench.workload import BenchRequest
+
+
+@dataclass
+class KVUsage:
+    """Tokens whose K/V an engine stored over the token slots it allocated for them.
+
+    ``mean`` averages over the steps (or batches) of the run; ``peak`` is the ratio at the
+    moment the most tokens were stored (the fullest cache).
+    """
+
+    mean: float
+    peak: float
+
+
+@dataclass
+class Generation:
+    token_ids: list[list[int]]
+    kv_usage: KVUsage | None = None
+
+
+class Engine(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def warmup(self, requests: list[BenchRequest]) -> None: ...
+
+    def generate(self, requests: list[BenchRequest], progress: bool) -> Generation: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class EngineRun:
+    """One engine's measured pass over a workload."""
+
+    engine: str
+    seconds: float
+    load_seconds: float
+    token_ids: list[list[int]] = field(repr=False)
+    kv_usage: KVUsage | None
+    peak_rss_bytes: int | None
+    load_before: float
+    load_after: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(engine: Engine, requests: list[BenchRequest], *, progress: bool = True) -> EngineRun:
+    """Load, warm up and time ``engine`` on ``requests``; frees the engine afterwards."""
+    loading = LoadWindow()
+    engine.load()
+    load_seconds = loading.close().seconds
+    try:
+        engine.warmup(requests)
+        rss_tracked = reset_peak_rss()
+        window = LoadWindow()
+        generation = engine.generate(requests, progress)
+        window.close()
+        for request, tokens in zip(requests, generation.token_ids):
+            if len(tokens) != request.output_len:
+                raise RuntimeError(f"{engine.name} generated {len(tokens)} tokens for a request "
+                                   f"that asked for {request.output_len}")
+        return EngineRun(engine.name, window.seconds, load_seconds, generation.token_ids,
+                         generation.kv_usage, peak_rss_bytes() if rss_tracked else None,
+                         window.load_before, window.load_after, engine.describe())
+    finally:
+        engine.close()
+        gc.collect()
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="req", disable=not enabled, leave=False)
+
+
+class OctavoEngine:
+    """Octavo's offline engine, stepped directly so the KV cache can be sampled every step."""
+
+    name = "octavo"
+
+    def __init__(self, model: str | None, **options: Any) -> None:
+        self.model = model
+        self.options = options
+        self.llm = None
+
+    def load(self) -> None:
+        from octavo.entrypoints.llm import LLM
+
+        self.llm = LLM(self.model, **self.options)
+
+    def warmup(self, requests: list[BenchRequest]) -> None:
+        short = [BenchRequest(r.prompt_token_ids[:16], 4) for r in requests[:2]]
+        self._run(short, progress=False)
+
+    def generate(self, requests: list[BenchRequest], progress: bool) -> Generation:
+        return self._run(requests, progress)
+
+    def _run(self, requests: list[BenchRequest], progress: bool) -> Generation:
+        from octavo.sampling_params import SamplingParams
+
+        engine = self.llm.engine
+        scheduler = engine.core.scheduler
+        kv = scheduler.kv_cache
+        ids = []
+        for request in requests:
+            request_id = engine.next_request_id()
+            engine.add_request(request_id, list(request.prompt_token_ids),
+                               SamplingParams(temperature=0, max_tokens=request.output_len,
+                                              ignore_eos=True))
+            ids.append(request_id)
+        finished: dict[str, list[int]] = {}
+        ratios, peak = [], (0, 1)
+        with progress_bar(len(requests), "octavo", progress) as bar:
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        finished[output.request_id] = list(output.outputs[0].token_ids)
+                        bar.update(1)
+                allocated = (kv.num_blocks - kv.num_free_blocks) * kv.block_size
+                if allocated:
+                    stored = sum(r.num_computed_tokens for r in getattr(scheduler, "running", ()))
+                    ratios.append(stored / allocated)
+                    if stored > peak[0]:
+                        peak = (stored, allocated)
+        usage = KVUsage(sum(ratios) / len(ratios), peak[0] / peak[1]) if ratios else None
+        return Generation([finished[i] for i in ids], usage)
+
+    def describe(self) -> dict[str, Any]:
+        runner = self.llm.engine.core.runner
+        backend = runner.model.ctx.attention_backend
+        kv = self.llm.engine.core.scheduler.kv_cache
+        return {"attention_backend": getattr(backend, "name", type(backend).__name__),
+                "kv_blocks": kv.num_blocks, "block_size": kv.block_size}
+
+    def close(self) -> None:
+        self.llm = None
+
+
+class HFEngine:
+    """HF transformers ``generate``: static batches, left-padded, the way HF users batch.
+
+    Each batch runs to its longest request; only each request's own tokens are kept. EOS is
+    removed from the generation config so greedy decoding runs on as Octavo's ``ignore_eos``.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: str | None, *, batch_size: int, dtype: str = "float32",
+                 device: str = "cpu") -> None:
+        if batch_size <= 0:
+            raise ValueError(f"HF batch size must be positive, got {batch_size}")
+        self.model_name = model
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = device
+        self.model = None
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from octavo.model_loader.loader import resolve_model_source
+
+        source = resolve_model_source(self.model_name)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[self.dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(
+            source.folder, dtype=dtype, **source.hf_kwargs).to(self.device).eval()
+        config = self.model.generation_config
+        config.eos_token_id = None
+        config.pad_token_id = 0
+        config.do_sample = False
+        config.temperature = config.top_p = config.top_k = None
+
+    def warmup(self, requests: list[BenchRequest]) -> None:
+        self._batch([BenchRequest(requests[0].prompt_token_ids[:16], 4)])
+
+    def generate(self, requests: list[BenchRequest], progress: bool) -> Generation:
+        outputs, stored, slots, ratios = [], 0, 0, []
+        with progress_bar(len(requests), "hf", progress) as bar:
+            for lo in range(0, len(requests), self.batch_size):
+                batch = requests[lo:lo + self.batch_size]
+                outputs += self._batch(batch)
+                width = max(r.prompt_len for r in batch) + max(r.output_len for r in batch)
+                batch_stored = sum(r.total_len for r in batch)
+                ratios.append(batch_stored / (width * len(batch)))
+                stored += batch_stored
+                slots += width * len(batch)
+                bar.update(len(batch))
+        # The padded cache of each batch holds every row at the batch's full width.
+        return Generation(outputs, KVUsage(sum(ratios) / len(ratios), stored / slots))
+
+    def _batch(self, batch: list[BenchRequest]) -> list[list[int]]:
+        import torch
+
+        width = max(r.prompt_len for r in batch)
+        new = max(r.output_len for r in batch)
+        ids = torch.tensor([[0] * (width - r.prompt_len) + list(r.prompt_token_ids)
+                            for r in batch], device=self.device)
+        mask = torch.tensor([[0] * (width - r.prompt_len) + [1] * r.prompt_len for r in batch],
+                            device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                                      min_new_tokens=new)
+        return [row[width:width + r.output_len] for row, r in zip(out.tolist(), batch)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "dtype": self.dtype}
+
+    def close(self) -> None:
+        self.model = None
+
+
+class LlamaCppEngine:
+    """llama-cpp-python on a GGUF of the same model, one request at a time (its Python API
+    decodes one sequence per context), greedy, EOS ignored."""
+
+    name = "llama.cpp"
+
+    def __init__(self, gguf_path: str, *, threads: int, n_ctx: int | None = None,
+                 n_batch: int = 512) -> None:
+        self.gguf_path = gguf_path
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.llama = None
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("llama_cpp") is not None
+
+    def load(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise RuntimeError("--compare llama.cpp needs llama-cpp-python: "
+                               "pip install llama-cpp-python") from exc
+        self.llama = llama_cpp.Llama(model_path=self.gguf_path, n_ctx=self.n_ctx or 2048,
+                                     n_batch=self.n_batch, n_threads=self.threads,
+                                     n_threads_batch=self.threads, verbose=False)
+
+    def warmup(self, requests: list[BenchRequest]) -> None:
+        self._one(BenchRequest(requests[0].prompt_token_ids[:16], 4))
+
+    def generate(self, requests: list[BenchRequest], progress: bool) -> Generation:
+        outputs = []
+        n_ctx = self.llama.n_ctx()
+        with progress_bar(len(requests), "llama.cpp", progress) as bar:
+            for request in requests:
+                if request.total_len > n_ctx:
+                    raise ValueError(f"a request needs {request.total_len} tokens of context; "
+                                     f"llama.cpp was given n_ctx={n_ctx}")
+                outputs.append(self._one(request))
+                bar.update(1)
+        # One sequence owns the whole context while it runs.
+        ratios = [r.total_len / n_ctx for r in requests]
+        return Generation(outputs, KVUsage(sum(ratios) / len(ratios), max(ratios)))
+
+    def _one(self, request: BenchRequest) -> list[int]:
+        tokens = []
+        for token in self.llama.generate(list(request.prompt_token_ids), top_k=1, top_p=1.0,
+                                         min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            tokens.append(token)
+            if len(tokens) == request.output_len:
+                break
+        return tokens
+
+    def describe(self) -> dict[str, Any]:
+        return {"gguf": self.gguf_path, "threads": self.threads, "n_ctx": self.llama.n_ctx()}
+
+    def close(self) -> None:
+        if self.llama is not None:
+            self.llama.close()
+        self.llama = None
