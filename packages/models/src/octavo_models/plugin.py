@@ -10,10 +10,23 @@ LLAMA_FAMILY = (
 )
 
 
+# HF ``architectures`` name -> the module that serves it (the class has the same name).
+DECODER_FAMILIES = {
+    "GPT2LMHeadModel": "gpt2",
+    "OPTForCausalLM": "opt",
+    "GPTJForCausalLM": "gptj",
+    "GPTNeoXForCausalLM": "gpt_neox",  # Pythia
+    "FalconForCausalLM": "falcon",
+    "MptForCausalLM": "mpt",
+}
+
+
 @hookimpl
 def register_models(register):
     for arch in LLAMA_FAMILY:
         register(arch, "octavo_models.llama:LlamaForCausalLM")
+    for arch, module in DECODER_FAMILIES.items():
+        register(arch, f"octavo_models.{module}:{arch}")
 
 
 @hookimpl

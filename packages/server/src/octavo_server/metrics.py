@@ -77,6 +77,15 @@ class ServerMetrics:
         self.e2e_latency = histogram("e2e_request_latency_seconds",
                                      "Arrival to the last output.", _E2E_BUCKETS)
 
+        for model in manager:  # every series exists (at zero) before the first request
+            for metric in (self.prompt_tokens, self.generation_tokens, self.preemptions,
+                           self.prefix_cache_queries, self.prefix_cache_hits,
+                           self.time_to_first_token, self.inter_token_latency,
+                           self.e2e_latency):
+                metric.labels(model.name)
+            for reason in ("stop", "length", "abort"):
+                self.requests_finished.labels(model.name, reason)
+
     def tracker(self, model_name: str) -> RequestTracker:
         return RequestTracker(self, model_name)
 

@@ -1,0 +1,80 @@
+"""A real uvicorn server on 127.0.0.1 (ephemeral port) serving a tiny random Llama."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from octavo import LLM, AsyncLLM
+from octavo.testing.tiny_models import save_tiny_model
+from octavo_server.background import BackgroundServer
+from octavo_server.models import ModelManager, ServedModel
+from octavo_server.settings import ServerSettings
+
+MODEL = "tiny"
+ENGINE = dict(device="cpu", block_size=4, num_gpu_blocks_override=2048, max_num_seqs=64)
+CONTEXT = 1024
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama-server")
+    save_tiny_model(path, "llama", max_position_embeddings=CONTEXT)
+    return path
+
+
+def tiny_model(folder, name: str = MODEL, max_waiting_requests: int | None = None,
+               **engine) -> ServedModel:
+    llm = AsyncLLM(str(folder), **{**ENGINE, **engine})
+    return ServedModel(name, llm, str(folder), max_waiting_requests=max_waiting_requests)
+
+
+def start_server(*models: ServedModel, **settings) -> BackgroundServer:
+    return BackgroundServer(ModelManager(list(models)), ServerSettings(**settings)).start()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_folder):
+    background = start_server(tiny_model(tiny_folder))
+    yield background
+    background.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_folder) -> LLM:
+    """The offline engine on the same checkpoint, for greedy comparisons."""
+    return LLM(str(tiny_folder), **ENGINE)
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def async_client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+
+def scrape(base_url: str, model: str = MODEL) -> dict[str, float]:
+    """``/metrics`` parsed by prometheus-client: sample name (plus a finished_reason) -> value,
+    for the samples labelled with ``model``."""
+    text = httpx.get(f"{base_url}/metrics").text
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model_name") != model or "le" in sample.labels:
+                continue
+            reason = sample.labels.get("finished_reason")
+            values[f"{sample.name}[{reason}]" if reason else sample.name] = sample.value
+    return values
+
+
+def assert_all_blocks_free(base_url: str, model: str = MODEL) -> None:
+    values = scrape(base_url, model)
+    assert values["octavo_num_requests_running"] == 0
+    assert values["octavo_num_requests_waiting"] == 0
+    assert values["octavo_kv_cache_free_blocks"] == values["octavo_kv_cache_blocks"] > 0
+    assert values["octavo_kv_cache_usage_perc"] == 0

@@ -1,0 +1,100 @@
+"""Many streams at once, clients that drop mid-stream, and /metrics moving as requests run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from .conftest import MODEL, assert_all_blocks_free, scrape
+
+
+def test_64_concurrent_streams_complete_and_free_every_block(server, async_client):
+    lengths = [4 + i % 13 for i in range(64)]
+
+    async def one(i: int, max_tokens: int):
+        stream = await async_client.completions.create(
+            model=MODEL, prompt=f"w{i % 50} w{(7 * i) % 50} w3", max_tokens=max_tokens,
+            temperature=0.7, seed=i, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True})
+        text, finish, usage = "", None, None
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.text
+                finish = choice.finish_reason or finish
+            usage = chunk.usage or usage
+        return finish, usage.completion_tokens
+
+    async def main():
+        return await asyncio.gather(*(one(i, n) for i, n in enumerate(lengths)))
+
+    before = scrape(server.base_url)
+    results = asyncio.run(main())
+    assert results == [("length", n) for n in lengths]
+    after = scrape(server.base_url)
+    assert after["octavo_generation_tokens_total"] - before["octavo_generation_tokens_total"] \
+        == sum(lengths)
+    assert after["octavo_request_success_total[length]"] \
+        - before.get("octavo_request_success_total[length]", 0) == 64
+    assert_all_blocks_free(server.base_url)
+
+
+def wait_until_idle(base_url: str, timeout: float = 10.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        values = scrape(base_url)
+        if values["octavo_num_requests_running"] == 0 or time.monotonic() > deadline:
+            return values
+        time.sleep(0.02)
+
+
+def test_a_client_that_drops_mid_stream_frees_its_blocks(server):
+    before = scrape(server.base_url)
+    body = {"model": MODEL, "prompt": "w1 w2 w3 w4 w5 w6 w7 w8 w9", "max_tokens": 1000,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as http, \
+            http.stream("POST", f"{server.url}/completions", json=body) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [line for line, _ in zip(lines, range(6)) if line.startswith("data:")]
+        assert len(received) >= 3
+        during = scrape(server.base_url)
+        assert during["octavo_num_requests_running"] == 1
+        assert during["octavo_kv_cache_usage_perc"] > 0
+    # the connection is closed here, long before 1000 tokens
+    after = wait_until_idle(server.base_url)
+    assert after["octavo_request_success_total[abort]"] \
+        - before.get("octavo_request_success_total[abort]", 0) == 1
+    generated = after["octavo_generation_tokens_total"] - before["octavo_generation_tokens_total"]
+    assert 3 <= generated < 1000
+    assert_all_blocks_free(server.base_url)
+
+
+def test_metrics_parse_and_move(server, client):
+    before = scrape(server.base_url)
+    for name in ("octavo_num_requests_running", "octavo_num_requests_waiting",
+                 "octavo_kv_cache_usage_perc", "octavo_prompt_tokens_total",
+                 "octavo_generation_tokens_total", "octavo_num_preemptions_total",
+                 "octavo_prefix_cache_hits_total", "octavo_prefix_cache_queries_total",
+                 "octavo_time_to_first_token_seconds_count",
+                 "octavo_inter_token_latency_seconds_count",
+                 "octavo_e2e_request_latency_seconds_count"):
+        assert name in before, name
+    prompt = " ".join(f"w{i}" for i in range(20, 40))  # 20 tokens: 5 full blocks of 4
+    for _ in range(2):  # the second run finds the prompt's blocks in the prefix cache
+        result = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5,
+                                           temperature=0, extra_body={"ignore_eos": True})
+    after = scrape(server.base_url)
+
+    def moved(name):
+        return after[name] - before.get(name, 0)
+
+    assert moved("octavo_generation_tokens_total") == 10
+    assert moved("octavo_prompt_tokens_total") == 2 * result.usage.prompt_tokens
+    assert moved("octavo_prefix_cache_queries_total") == 2 * result.usage.prompt_tokens
+    assert moved("octavo_prefix_cache_hits_total") >= 16
+    assert moved("octavo_time_to_first_token_seconds_count") == 2
+    assert moved("octavo_inter_token_latency_seconds_count") == 8
+    assert moved("octavo_e2e_request_latency_seconds_count") == 2
+    assert moved("octavo_e2e_request_latency_seconds_sum") > 0
