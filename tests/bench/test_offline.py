@@ -91,3 +91,18 @@ def test_latency_rejects_bad_iteration_counts(folder):
     result = CliRunner().invoke(cli, ["bench", "latency", "-m", str(folder), "--device", "cpu",
                                       "--num-iters", "0", "--no-progress"])
     assert result.exit_code == 2 and "num_iters > 0" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("llama_cpp"),
+                    reason="llama-cpp-python is not installed")
+def test_throughput_beside_llama_cpp_on_the_demo_model(tmp_path):
+    """llama.cpp on the float32 copy of the demo GGUF agrees with Octavo token for token."""
+    out = tmp_path / "llama.json"
+    result = CliRunner().invoke(cli, [
+        "bench", "throughput", "-n", "3", "--input-len", "24", "--output-len", "8",
+        "--compare", "llama.cpp", "--no-progress", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["engines"][1]["details"]["gguf"].endswith(".F32.gguf")
+    assert report["ratios"][0]["identical_outputs"] == 3

@@ -25,7 +25,7 @@ def workload_options(func):
                   help="Prompt tokens per request (random workload).")
     @click.option("--output-len", type=int, default=128, show_default=True,
                   help="Generated tokens per request (random workload); EOS is ignored.")
-    @click.option("--workload-seed", "seed", type=int, default=0, show_default=True,
+    @click.option("--workload-seed", "workload_seed", type=int, default=0, show_default=True,
                   help="Seed of the prompts and lengths.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -107,11 +107,12 @@ def bench() -> None:
 @click.option("--hf-batch-size", type=int, default=32, show_default=True,
               help="HF generate's static batch size (padded).")
 @click.option("--llama-gguf", default=None,
-              help="GGUF for llama.cpp (default: the model itself when it is a GGUF).")
+              help="GGUF for llama.cpp, used as is (default: a float32 copy of the model's "
+                   "GGUF, written once into the cache, so all engines run float32 weights).")
 @click.option("--threads", type=int, default=None, help="Torch and llama.cpp threads.")
 @output_options
 @engine_options
-def throughput(model, workload, num_requests, input_len, output_len, seed, peers,
+def throughput(model, workload, num_requests, input_len, output_len, workload_seed, peers,
                hf_batch_size, llama_gguf, threads, as_json, output, progress, **options):
     """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
     from octavo.bench.engines import HFEngine, LlamaCppEngine, OctavoEngine
@@ -120,7 +121,7 @@ def throughput(model, workload, num_requests, input_len, output_len, seed, peers
 
     threads = set_threads(threads)
     requests, description, _ = build_requests(model, workload, num_requests, input_len,
-                                              output_len, seed)
+                                              output_len, workload_seed)
     options = engine_kwargs(options)
     engines = [OctavoEngine(model, **options)]
     for peer in dict.fromkeys(peers):
@@ -143,12 +144,14 @@ def throughput(model, workload, num_requests, input_len, output_len, seed, peers
 
 
 def _model_gguf(model: str | None) -> str:
+    """The float32 copy of the model's GGUF."""
+    from octavo.bench.gguf_f32 import write_float32_gguf
     from octavo.model_loader.loader import resolve_model_source
 
     source = resolve_model_source(model)
     if not source.gguf_file:
         raise click.UsageError("--compare llama.cpp needs a GGUF: pass --llama-gguf")
-    return str(source.path)
+    return str(write_float32_gguf(source.path))
 
 
 @bench.command()
@@ -209,7 +212,7 @@ def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, wor
 @click.option("--label", default=None, help="Name of the server in the report and plots.")
 @output_options
 def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, workload,
-          num_requests, input_len, output_len, seed, request_rate, concurrencies,
+          num_requests, input_len, output_len, workload_seed, request_rate, concurrencies,
           request_timeout, ignore_eos, extra_body, label, as_json, output, progress):
     """Stream a seeded workload from an OpenAI-compatible server; report TTFT, TPOT, ITL, E2E."""
     from octavo.bench.report import emit
@@ -225,7 +228,7 @@ def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, wo
     if not isinstance(extra, dict):
         raise click.UsageError("--extra-body must be a JSON object")
     requests, description, tokenizer = build_requests(model, workload, num_requests, input_len,
-                                                      output_len, seed, vocab_size)
+                                                      output_len, workload_seed, vocab_size)
     if prompt_format == "text":
         prompts = [tokenizer.decode(list(r.prompt_token_ids)) for r in requests]
     else:
@@ -235,7 +238,7 @@ def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, wo
                                model=served_model or served_model_name(base_url),
                                endpoint=endpoint, request_rate=request_rate,
                                request_timeout=request_timeout, ignore_eos=ignore_eos,
-                               extra_body=extra, seed=seed)
+                               extra_body=extra, seed=workload_seed)
         for concurrency in concurrencies:
             if concurrency <= 0:
                 raise ValueError(f"--max-concurrency must be positive, got {concurrency}")
