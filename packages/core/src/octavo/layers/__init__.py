@@ -5,10 +5,11 @@ initialization: checkpoints fill them), take a :class:`~octavo.modeling.Parallel
 create linear weights through a :class:`~octavo.layers.quantization.QuantizationMethod`.
 """
 
-from octavo.layers.activation import GatedActivation, SiluAndMul, silu_and_mul
+from octavo.layers.activation import Activation, GatedActivation, SiluAndMul, silu_and_mul
 from octavo.layers.alibi import alibi_slopes
 from octavo.layers.attention import Attention
 from octavo.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from octavo.layers.layernorm import LayerNorm
 from octavo.layers.linear import (
     ColumnParallelLinear,
     LinearBase,
@@ -35,7 +36,8 @@ from octavo.layers.weight_loading import (
 )
 
 __all__ = [
-    "Attention", "ColumnParallelLinear", "GatedActivation", "LinearBase",
+    "Activation", "Attention", "LayerNorm",
+    "ColumnParallelLinear", "GatedActivation", "LinearBase",
     "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear", "QuantizationMethod",
     "RMSNorm", "ReplicatedLinear", "RopeConfig", "RotaryEmbedding", "RowParallelLinear",
     "SiluAndMul", "StackedParam", "UnknownWeightError", "UnquantizedMethod",

@@ -1,4 +1,5 @@
-"""Gated activations over a fused ``[gate | up]`` projection."""
+"""Activations by HF ``hidden_act`` name: gated ones over a fused ``[gate | up]`` projection,
+and plain ones for two-matrix MLPs (GPT-2, OPT, GPT-NeoX, Falcon, MPT)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,40 @@ class GatedActivation(nn.Module):
                              f"supported: {', '.join(sorted(_GATED))}")
         self.hidden_act = hidden_act
         self.fn = _GATED[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.hidden_act
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (HF's ``gelu_new``, ``gelu_fast``, ``gelu_pytorch_tanh``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+_PLAIN = {
+    "gelu": F.gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class Activation(nn.Module):
+    """An elementwise activation chosen by HF's ``hidden_act`` / ``activation_function`` name."""
+
+    def __init__(self, hidden_act: str) -> None:
+        super().__init__()
+        if hidden_act not in _PLAIN:
+            raise ValueError(f"unsupported activation {hidden_act!r}; "
+                             f"supported: {', '.join(sorted(_PLAIN))}")
+        self.hidden_act = hidden_act
+        self.fn = _PLAIN[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)

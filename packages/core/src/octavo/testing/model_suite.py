@@ -15,7 +15,14 @@ The suite builds the HF model from the config (seeded, its weights perturbed so 
 matters), loads its ``state_dict`` into the Octavo model through ``load_weights``, and runs
 Octavo over a hand-built paged KV cache (random, non-contiguous block ids): a packed prefill of
 several prompts, decode steps, a mixed batch with chunked prefill, and greedy decoding. Each is
-compared with HF's full-sequence forward in float32.
+compared with HF's full-sequence forward in float32. Finally the whole engine: the checkpoint is
+saved to a folder, loaded by :class:`octavo.LLM`, and a mixed-length batch runs with
+continuous batching, chunked prefill and prefix caching on; greedy tokens must equal HF's
+``generate`` and their logprobs be close.
+
+Every architecture a plugin registers needs a suite class verifying it: Octavo's pytest plugin
+collects each class's :meth:`ModelConformanceSuite.verified_architectures` (see
+:mod:`octavo.testing.coverage`).
 
 The helpers (:func:`build_attention_metadata`, :class:`PagedBatchRunner`, :func:`hf_logits`)
 are usable on their own.
@@ -25,7 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -132,6 +140,32 @@ def hf_logits(hf_model: nn.Module, token_ids: Sequence[int]) -> torch.Tensor:
     return hf_model(input_ids=ids).logits[0].float()
 
 
+@torch.inference_mode()
+def hf_generate(hf_model: nn.Module, prompt: Sequence[int],
+                steps: int) -> tuple[list[int], list[float]]:
+    """HF ``generate``'s greedy tokens for one prompt (never stopping at EOS), and each chosen
+    token's logprob."""
+    device = next(hf_model.parameters()).device
+    out = hf_model.generate(torch.tensor([list(prompt)], device=device), max_new_tokens=steps,
+                            do_sample=False, eos_token_id=None, output_logits=True,
+                            return_dict_in_generate=True)
+    tokens = out.sequences[0, len(prompt):].tolist()
+    logprobs = [torch.log_softmax(step[0].float(), -1)[t].item()
+                for step, t in zip(out.logits, tokens)]
+    return tokens, logprobs
+
+
+def save_checkpoint_folder(folder: Path, config: Any,
+                           tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Write ``config.json`` and one ``model.safetensors`` holding ``tensors`` (a converted
+    checkpoint layout, e.g. one only remote code on the hub implements)."""
+    from safetensors.torch import save_file
+
+    config.save_pretrained(folder)
+    save_file({name: t.detach().cpu().contiguous().clone() for name, t in tensors},
+              str(folder / "model.safetensors"))
+
+
 def hf_greedy(hf_model: nn.Module, prompt: Sequence[int], steps: int) -> list[int]:
     """Greedy continuation by HF, one full-sequence forward per token."""
     tokens = list(prompt)
@@ -163,6 +197,11 @@ class ModelConformanceSuite:
         architectures: the registered architecture names this class verifies; empty means
             ``hf_config().architectures`` (set it when the checkpoint is converted, e.g. a
             remote-code layout built from a native HF model).
+        engine_check: run the engine-level test (save, load with ``octavo.LLM``, generate).
+        engine_prompt_lens: prompt lengths of the engine test's batch; its first prompt shares
+            a prefix with one sent earlier, so the prefix cache is hit.
+        engine_options: keyword arguments of ``octavo.LLM`` (a small per-step token budget, so
+            long prompts are chunked while others decode).
     """
 
     architectures: tuple[str, ...] = ()
@@ -178,6 +217,18 @@ class ModelConformanceSuite:
     rtol: float = 1e-4
     seed: int = 0
     weight_noise: float = 0.05
+    engine_check: bool = True
+    engine_prompt_lens: tuple[int, ...] = (14, 3, 27, 9)
+    engine_max_tokens: int = 8
+    engine_logprob_atol: float = 1e-3
+    engine_options: ClassVar[dict[str, Any]] = dict(
+        block_size=4, num_gpu_blocks_override=128, max_num_batched_tokens=16,
+        enable_prefix_caching=True)
+
+    @classmethod
+    def verified_architectures(cls) -> tuple[str, ...]:
+        """The registered architecture names this class verifies."""
+        return tuple(cls.architectures) or tuple(cls().hf_config().architectures or ())
 
     # ---- hooks -------------------------------------------------------------------------------
 
@@ -201,6 +252,21 @@ class ModelConformanceSuite:
         """The checkpoint tensors to load (override to test a converter)."""
         return hf_model.state_dict().items()
 
+    def save_checkpoint(self, folder: Path, conformance: Conformance) -> None:
+        """Write the checkpoint the engine test loads, with a tokenizer.
+
+        HF's ``save_pretrained`` of the reference model; a suite that overrides
+        :meth:`hf_weights` gets its converted tensors and ``conformance.config`` instead.
+        """
+        from octavo.testing.tiny_models import save_word_tokenizer
+
+        if type(self).hf_weights is ModelConformanceSuite.hf_weights:
+            conformance.hf_model.save_pretrained(folder)
+        else:
+            save_checkpoint_folder(folder, conformance.config,
+                                   self.hf_weights(conformance.hf_model))
+        save_word_tokenizer(folder, num_words=min(100, conformance.config.vocab_size - 3))
+
     def build_model(self, config: Any) -> CausalLM:
         """The Octavo model, built on ``self.device`` in ``self.dtype`` (weights not loaded)."""
         cls = self.model_class
@@ -211,6 +277,14 @@ class ModelConformanceSuite:
         ctx = ModelContext(attention_backend=self.attention_backend, dtype=self.dtype,
                            device=torch.device(self.device))
         return cls(config, ctx).eval()
+
+    def engine_prompts(self, config: Any) -> tuple[list[int], list[list[int]]]:
+        """``(warm-up prompt, batch)``: the batch's first prompt extends the warm-up one."""
+        gen = torch.Generator().manual_seed(self.seed + 2)
+        warm, *batch = [torch.randint(3, config.vocab_size, (n,), generator=gen).tolist()
+                        for n in (self.engine_prompt_lens[0], *self.engine_prompt_lens)]
+        batch[0] = warm + batch[0][:3]
+        return warm, batch
 
     def prompts(self, config: Any) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed + 1)
@@ -323,3 +397,33 @@ class ModelConformanceSuite:
                 out.append(t)
         expected = [hf_greedy(hf_model, p, self.decode_steps) for p in prompts]
         assert generated == expected
+
+    def test_engine_matches_hf_generate(self, conformance: Conformance,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Saved, loaded by ``octavo.LLM``, run as one mixed-length batch with continuous
+        batching, chunked prefill and prefix caching: tokens equal HF ``generate``'s."""
+        if not self.engine_check:
+            pytest.skip("engine_check is off for this suite class")
+        from octavo import LLM, SamplingParams
+
+        folder = tmp_path_factory.mktemp(type(self).__name__)
+        self.save_checkpoint(folder, conformance)
+        warm, batch = self.engine_prompts(conformance.config)
+        steps = self.engine_max_tokens
+        llm = LLM(str(folder), device=self.device, dtype=_DTYPE_NAMES[self.dtype],
+                  attention_backend=self.attention_backend.name, **self.engine_options)
+        params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True, logprobs=1)
+        llm.generate([warm], params)
+        outputs = llm.generate(batch, params)
+        assert outputs[0].metrics.num_cached_tokens > 0, "the shared prefix was not cached"
+        for i, (prompt, out) in enumerate(zip(batch, outputs)):
+            tokens, logprobs = hf_generate(conformance.hf_model, prompt, steps)
+            completion = out.outputs[0]
+            assert completion.token_ids == tokens, f"prompt {i} (length {len(prompt)})"
+            got = [completion.logprobs[k][t].logprob for k, t in enumerate(tokens)]
+            assert got == pytest.approx(logprobs, abs=self.engine_logprob_atol), f"prompt {i}"
+        kv = llm.engine.core.scheduler.kv_cache
+        assert kv.num_free_blocks == kv.num_blocks
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}

@@ -1,6 +1,8 @@
 """Octavo's pytest plugin (entry point ``pytest11``): markers and conformance-suite fixtures.
 
-Third-party packages subclass the suites in ``octavo.testing`` and get these for free.
+Third-party packages subclass the suites in ``octavo.testing`` and get these for free, among
+them ``conformance_coverage``: which registered architectures the session's model suites
+verify (see :mod:`octavo.testing.coverage`).
 """
 
 from __future__ import annotations
@@ -22,3 +24,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from octavo.testing.coverage import COVERAGE_KEY, collect_coverage
+
+    session.config.stash[COVERAGE_KEY] = collect_coverage(session.items)
+
+
+@pytest.fixture(scope="session")
+def conformance_coverage(request: pytest.FixtureRequest) -> dict[str, list[str]]:
+    """Architecture -> node ids of the collected (selected) model suite classes verifying it."""
+    from octavo.testing.coverage import COVERAGE_KEY
+
+    return request.config.stash.get(COVERAGE_KEY, {})

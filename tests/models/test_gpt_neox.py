@@ -1,0 +1,28 @@
+"""GPT-NeoX (Pythia) against HF transformers, via the conformance suite."""
+
+from __future__ import annotations
+
+from transformers import GPTNeoXConfig
+
+from octavo.testing.model_suite import ModelConformanceSuite
+
+TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=96, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+
+
+class TestGPTNeoX(ModelConformanceSuite):
+    """Pythia's layout: parallel residual with two norms, rotary over a quarter of each head."""
+
+    def hf_config(self):
+        return GPTNeoXConfig(**TINY, rotary_pct=0.25, architectures=["GPTNeoXForCausalLM"])
+
+
+class TestGPTNeoXSequential(ModelConformanceSuite):
+    """use_parallel_residual=False, full rotary, tied embeddings, no attention bias."""
+
+    engine_check = False
+
+    def hf_config(self):
+        return GPTNeoXConfig(**TINY, rotary_pct=1.0, use_parallel_residual=False,
+                             tie_word_embeddings=True, attention_bias=False,
+                             architectures=["GPTNeoXForCausalLM"])

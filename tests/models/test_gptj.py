@@ -1,0 +1,16 @@
+"""GPT-J against HF transformers, via the conformance suite."""
+
+from __future__ import annotations
+
+from transformers import GPTJConfig
+
+from octavo.testing.model_suite import ModelConformanceSuite
+
+
+class TestGPTJ(ModelConformanceSuite):
+    """Interleaved partial rotary (8 of 16 dims), parallel attention + MLP, LM head bias."""
+
+    def hf_config(self):
+        return GPTJConfig(vocab_size=200, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                          rotary_dim=8, bos_token_id=1, eos_token_id=2,
+                          architectures=["GPTJForCausalLM"])

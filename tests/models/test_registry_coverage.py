@@ -1,0 +1,54 @@
+"""Every architecture any installed plugin registers has a conformance suite class.
+
+The check runs over the classes collected in this session, so run it with the whole test tree
+(it skips itself when no suite class was collected).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from octavo.testing.coverage import (
+    assert_architectures_covered,
+    collect_coverage,
+    registered_architectures,
+)
+from octavo.testing.model_suite import ModelConformanceSuite
+
+
+def test_every_registered_architecture_has_a_conformance_test(conformance_coverage):
+    assert_architectures_covered(conformance_coverage)
+
+
+class _VerifiesGPT2(ModelConformanceSuite):
+    architectures = ("GPT2LMHeadModel",)
+
+
+def _item(cls, nodeid="tests/x.py::Cls"):
+    return SimpleNamespace(cls=cls, parent=SimpleNamespace(nodeid=nodeid))
+
+
+def test_coverage_is_read_from_the_collected_suite_classes():
+    items = [_item(_VerifiesGPT2), _item(_VerifiesGPT2), _item(None), _item(int)]
+    assert collect_coverage(items) == {"GPT2LMHeadModel": ["tests/x.py::Cls"]}
+
+
+def test_an_uncovered_architecture_fails_by_name():
+    coverage = {arch: ["t"] for arch in registered_architectures() - {"MptForCausalLM"}}
+    with pytest.raises(AssertionError, match="'MptForCausalLM' is registered but no"):
+        assert_architectures_covered(coverage)
+
+
+def test_a_suite_for_an_unregistered_architecture_fails():
+    coverage = {arch: ["t"] for arch in registered_architectures()}
+    coverage["NoSuchForCausalLM"] = ["tests/x.py::TestNoSuch"]
+    with pytest.raises(AssertionError, match="TestNoSuch verify 'NoSuchForCausalLM'"):
+        assert_architectures_covered(coverage)
+
+
+def test_a_third_party_distribution_checks_its_own_architectures():
+    assert registered_architectures("octavo-example-plugin") == {"OctavoExampleForCausalLM"}
+    assert_architectures_covered({"OctavoExampleForCausalLM": ["t"]},
+                                 distribution="octavo-example-plugin")
