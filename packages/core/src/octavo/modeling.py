@@ -65,6 +65,15 @@ class CausalLM(nn.Module, ABC):
         """Load HF-named tensors; return the parameter names that were filled."""
 
     @classmethod
+    def adapt_config(cls, config: Any) -> Any:
+        """The config as this family reads it; the loader sizes the context and cache from it.
+
+        Families whose checkpoints spell config fields their own way (remote-code layouts such
+        as QWen or Baichuan) return a normalized copy; the default returns ``config`` itself.
+        """
+        return config
+
+    @classmethod
     def kv_cache_spec(cls, config: Any) -> KVCacheSpec:
         """Shape of the KV cache this model needs; families override when config names differ."""
         num_heads = config.num_attention_heads

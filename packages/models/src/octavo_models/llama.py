@@ -3,16 +3,23 @@
 Differences between them come from the HF config alone:
 
 - ``attention_bias`` (Llama: q/k/v/o), Qwen2's q/k/v bias (``model_type == "qwen2"``),
-  ``mlp_bias``;
+  ``qkv_bias`` (q/k/v only, when set), ``mlp_bias``;
 - ``head_dim`` (may differ from ``hidden_size / num_attention_heads``);
 - ``sliding_window`` (Mistral; Qwen2 only on the layers ``layer_types`` marks, i.e. when
   ``use_sliding_window``);
-- ``tie_word_embeddings``, ``rms_norm_eps``, RoPE (``rope_parameters`` / ``rope_scaling``).
+- ``tie_word_embeddings``, ``rms_norm_eps``, RoPE (``rope_parameters`` / ``rope_scaling``);
+- ``position_embedding``: ``"rope"`` (default) or ``"alibi"`` (no rotary; Baichuan-13B).
+
+Families with the same block but their own checkpoint names and config fields (QWen, Baichuan)
+subclass :class:`LlamaForCausalLM` with a weight map (:attr:`~LlamaForCausalLM.checkpoint_renames`)
+and a config mapping (:meth:`~LlamaForCausalLM.llama_config_fields`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -29,6 +36,7 @@ from octavo.layers import (
     RowParallelLinear,
     StackedParam,
     VocabParallelEmbedding,
+    alibi_slopes,
     apply_rotary,
     get_rope,
     load_hf_weights,
@@ -54,7 +62,15 @@ def attention_biases(config: Any) -> tuple[bool, bool]:
     if getattr(config, "model_type", None) == "qwen2":
         return True, False
     bias = bool(getattr(config, "attention_bias", False))
-    return bias, bias
+    return bool(getattr(config, "qkv_bias", bias)), bias
+
+
+def uses_alibi(config: Any) -> bool:
+    """Whether attention scores get ALiBi biases instead of rotary positions."""
+    kind = getattr(config, "position_embedding", "rope")
+    if kind not in ("rope", "alibi"):
+        raise ValueError(f"position_embedding must be 'rope' or 'alibi', got {kind!r}")
+    return kind == "alibi"
 
 
 def sliding_window_of(config: Any, layer_idx: int) -> int | None:
@@ -89,14 +105,19 @@ class LlamaAttention(nn.Module):
                                         prefix=f"{prefix}.o_proj", **common)
         self.num_heads = self.qkv_proj.num_heads  # on this rank
         self.num_kv_heads = self.qkv_proj.num_kv_heads
+        slopes = None
+        if uses_alibi(config):  # this rank's heads' slopes
+            first = ctx.parallel.rank * self.num_heads
+            slopes = alibi_slopes(num_heads)[first:first + self.num_heads].to(ctx.device)
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads,
                               self.head_dim ** -0.5, ctx.attention_backend,
-                              sliding_window=sliding_window_of(config, layer_idx))
+                              sliding_window=sliding_window_of(config, layer_idx),
+                              alibi_slopes=slopes)
 
     def forward(
         self,
         hidden: torch.Tensor,  # [T, hidden]
-        cos_sin: tuple[torch.Tensor, torch.Tensor],  # each [T, rotary_dim / 2]
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,  # each [T, rotary_dim / 2]; None: ALiBi
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
@@ -105,7 +126,8 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
         # q and k rotate together: one rotary over H + KH heads
         qk = qkv[:, : (heads + kv_heads) * d].view(num_tokens, heads + kv_heads, d)
-        qk = apply_rotary(qk, *cos_sin)  # [T, H + KH, D]
+        if cos_sin is not None:
+            qk = apply_rotary(qk, *cos_sin)  # [T, H + KH, D]
         v = qkv[:, (heads + kv_heads) * d:].view(num_tokens, kv_heads, d)  # [T, KH, D]
         out = self.attn(qk[:, :heads], qk[:, heads:], v, kv_cache, metadata)  # [T, H * D]
         return self.o_proj(out)
@@ -167,11 +189,13 @@ class LlamaModel(nn.Module):
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=ctx.dtype,
                             device=ctx.device)
-        self.rotary_emb = get_rope(config, head_dim_of(config), device=ctx.device)
+        self.rotary_emb = (None if uses_alibi(config)
+                           else get_rope(config, head_dim_of(config), device=ctx.device))
 
     def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
-        cos_sin = self.rotary_emb.cos_sin(positions)  # once for all layers
+        # once for all layers
+        cos_sin = None if self.rotary_emb is None else self.rotary_emb.cos_sin(positions)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(hidden, residual, cos_sin, kv_cache, metadata)
@@ -184,9 +208,17 @@ class LlamaForCausalLM(CausalLM):
 
     Parameters are allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
     :meth:`load_weights` fills them from HF-named tensors.
+
+    Attributes:
+        checkpoint_renames: ``(regex, replacement)`` rewrites, applied in order, from a
+            checkpoint's tensor names to HF Llama's (``W_pack`` -> ``qkv_proj``); a fused
+            tensor renamed to ``qkv_proj`` / ``gate_up_proj`` is split into its shards.
     """
 
+    checkpoint_renames: tuple[tuple[str, str], ...] = ()
+
     def __init__(self, config: Any, ctx: ModelContext) -> None:
+        config = self.adapt_config(config)
         super().__init__(config, ctx)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.model = LlamaModel(config, ctx)
@@ -207,12 +239,67 @@ class LlamaForCausalLM(CausalLM):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, vocab] float32
         return self.lm_head.compute_logits(hidden)
 
+    # ---- config and checkpoint layouts of families built on this one -------------------------
+
+    @classmethod
+    def llama_config_fields(cls, config: Any) -> dict[str, Any]:
+        """Llama-family config fields (``rms_norm_eps``, ``num_key_value_heads``...) that this
+        family's config.json spells its own way; empty for HF's own Llama-family configs."""
+        return {}
+
+    @classmethod
+    def adapt_config(cls, config: Any) -> Any:
+        """A copy of ``config`` with :meth:`llama_config_fields` set (``config`` itself when there
+        are none); adapting an adapted config returns it unchanged."""
+        if getattr(config, "octavo_adapted_by", None) == cls.__name__:
+            return config
+        fields = cls.llama_config_fields(config)
+        if not fields:
+            return config
+        adapted = copy.deepcopy(config)
+        for key, value in fields.items():
+            setattr(adapted, key, value)
+        adapted.octavo_adapted_by = cls.__name__
+        return adapted
+
+    @classmethod
+    def kv_cache_spec(cls, config: Any):
+        return super().kv_cache_spec(cls.adapt_config(config))
+
+    def checkpoint_tensor_names(self) -> list[str] | None:
+        """Every tensor a complete checkpoint of this family holds, by its checkpoint name, so a
+        missing one is reported by that name; None leaves the check to the loader."""
+        return None
+
+    def prepare_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A checkpoint tensor as this model stores it (identity; Baichuan 2 normalizes its head)."""
+        return tensor
+
+    def _hf_name(self, name: str) -> str:
+        for pattern, replacement in self.checkpoint_renames:
+            name = re.sub(pattern, replacement, name)
+        return name
+
     def _skip_weight(self, name: str) -> bool:
         if "rotary_emb." in name:  # inv_freq / cos / sin buffers of older checkpoints
             return True
         return self.tie_word_embeddings and name == "lm_head.weight"
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loaded = load_hf_weights(self, weights, STACKED_PARAMS, skip=self._skip_weight)
+        seen: set[str] = set()
+
+        def prepared() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                seen.add(name)
+                yield name, self.prepare_tensor(name, tensor)
+
+        loaded = load_hf_weights(self, prepared(), STACKED_PARAMS, skip=self._skip_weight,
+                                 rename=self._hf_name if self.checkpoint_renames else None)
+        expected = self.checkpoint_tensor_names()
+        missing = [name for name in expected or () if name not in seen]
+        if missing:
+            shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+            raise ValueError(f"{type(self).__name__} checkpoint lacks {len(missing)} "
+                             f"tensors: {shown}")
         process_weights_after_loading(self)
         return loaded

@@ -25,6 +25,9 @@ DECODER_FAMILIES = {
 def register_models(register):
     for arch in LLAMA_FAMILY:
         register(arch, "octavo_models.llama:LlamaForCausalLM")
+    register("QWenLMHeadModel", "octavo_models.qwen:QWenLMHeadModel")  # remote-code layout
+    register("BaiChuanForCausalLM", "octavo_models.baichuan:BaiChuanForCausalLM")  # 7B
+    register("BaichuanForCausalLM", "octavo_models.baichuan:BaichuanForCausalLM")  # 13B, 2
     for arch, module in DECODER_FAMILIES.items():
         register(arch, f"octavo_models.{module}:{arch}")
 

@@ -180,7 +180,9 @@ class _ShardedColumnLinear(ColumnParallelLinear):
                 return
             pack = pack_factor_along(param, dim)
             sizes = [size // pack for size in self._logical_sizes()]
-            for sid, part in zip(self._shard_ids(), loaded_weight.split(sizes, dim=dim)):
+            fused = narrow_checked(loaded_weight, dim, 0, sum(sizes), sum(sizes),
+                                   f"{self.prefix or type(self).__name__} (fused)")
+            for sid, part in zip(self._shard_ids(), fused.split(sizes, dim=dim)):
                 self.weight_loader(param, part, sid)
             return
         if dim is None:  # e.g. a per-tensor scale, shared by the shards

@@ -68,8 +68,7 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     def convert():
-        config = AutoConfig.from_pretrained(
-            str(source.folder), trust_remote_code=trust_remote_code, **source.hf_kwargs)
+        config = _auto_config(source, trust_remote_code)
         if not getattr(config, "architectures", None):
             arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
             if arch is None:
@@ -82,6 +81,27 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     if not source.gguf_file:
         return convert()
     return gguf_cache.load_converted(source.path, "config", convert, AutoConfig.from_pretrained)
+
+
+def _auto_config(source: ModelSource, trust_remote_code: bool) -> Any:
+    """``AutoConfig``, or for a remote-code checkpoint (QWen, Baichuan: a ``model_type``
+    transformers lacks) whose architecture a plugin registers, a plain ``PretrainedConfig`` of
+    its config.json: Octavo runs such models without their remote code."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        return AutoConfig.from_pretrained(
+            str(source.folder), trust_remote_code=trust_remote_code, **source.hf_kwargs)
+    except (ValueError, OSError):
+        path = source.folder / "config.json"
+        if source.gguf_file or not path.is_file():
+            raise
+        raw = json.loads(path.read_text())
+        if (raw.get("model_type") in CONFIG_MAPPING_NAMES
+                or (raw.get("architectures") or [None])[0] not in models()):
+            raise
+        return PretrainedConfig(**raw)
 
 
 def load_tokenizer(source: ModelSource, tokenizer: str | None = None,
@@ -253,6 +273,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, config)
     cls = model_class(config)
+    config = cls.adapt_config(config)
     kv_spec = cls.kv_cache_spec(config)
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
                                        settings.attention_backend)
