@@ -26,6 +26,7 @@ from octavo.plugins import (
     get_plugin_manager,
     hookspecs,
     kv_cache_managers,
+    layer_ops,
     models,
     quantization_methods,
     schedulers,
@@ -191,6 +192,35 @@ def test_hook_register_models():
     torch.testing.assert_close(logits, dense_reference(weights, ids_per_seq, 4, 2))
 
 
+def test_hook_register_layer_ops(monkeypatch):
+    from octavo.layers import RMSNorm, rms_norm
+    from octavo.layers.layer_ops import LAYER_OPS_ENV, find_layer_op
+
+    cls = example_class("register_layer_ops", "example-ops")
+    assert layer_ops().get("example-ops") is cls and cls.implemented_ops() == ("rms_norm",)
+    calls = []
+    original = cls.rms_norm
+    monkeypatch.setattr(cls, "rms_norm", staticmethod(
+        lambda *args: calls.append(args) or original(*args)))
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    norm = RMSNorm(16, 1e-5)
+    norm.weight.copy_(torch.linspace(0.5, 1.5, 16))
+
+    monkeypatch.delenv(LAYER_OPS_ENV, raising=False)
+    assert find_layer_op("rms_norm", x) is None  # negative priority: only when named
+    monkeypatch.setenv(LAYER_OPS_ENV, "example-ops")
+    assert find_layer_op("rms_norm", x) is cls.rms_norm
+    assert find_layer_op("rms_norm", x.double()) is None  # float64 is not supported
+    assert find_layer_op("rotary", x) is None  # not implemented by this provider
+    out = norm(x)  # RMSNorm.forward asks for the op
+    assert len(calls) == 1
+    torch.testing.assert_close(out, rms_norm(x, norm.weight, 1e-5))
+    monkeypatch.setenv(LAYER_OPS_ENV, "torch")
+    assert find_layer_op("rms_norm", x) is None
+    with pytest.raises(ValueError, match="unknown layer op 'nope'"):
+        find_layer_op("nope", x)
+
+
 def test_hook_register_quantization_methods():
     cls = example_class("register_quantization_methods", "example_int8")
     from octavo_example_plugin.quantization import quantize_int8
@@ -262,4 +292,5 @@ def test_hook_register_commands():
     assert sorted(result.output.splitlines()) == sorted([
         "model: OctavoExampleForCausalLM", "attention backend: example-sdpa",
         "quantization method: example_int8", "weight format: *.npz",
-        "scheduler: example-fcfs", "KV cache manager: example-paged", "swapper: example-host"])
+        "scheduler: example-fcfs", "KV cache manager: example-paged", "swapper: example-host",
+        "layer ops: example-ops"])

@@ -17,9 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo_triton.launch import interpreted, multiprocessor_count, patch_interpreter_dot
-
-patch_interpreter_dot()  # before any launch: bfloat16 tl.dot is wrong in the interpreter
+from octavo_triton.launch import interpreted, multiprocessor_count
 
 LOG2E = tl.constexpr(1.4426950408889634)
 

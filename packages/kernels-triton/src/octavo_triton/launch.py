@@ -51,14 +51,14 @@ def multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def patch_interpreter_dot() -> None:
-    """Make the interpreter's ``tl.dot`` exact for 16-bit floats; a no-op off the interpreter.
+def patch_interpreter() -> None:
+    """Make Triton's CPU interpreter round and multiply 16-bit floats as a GPU does.
 
-    The interpreter multiplies the raw numpy arrays, and it stores bfloat16 as uint16 bits,
-    so a bfloat16 ``tl.dot`` returns garbage there (float16 is right, but slow without BLAS).
-    Widening both operands to float32 first gives the exact products a GPU's tensor cores
-    accumulate in float32. This changes the interpreter, not the kernels: they run the same
-    ``tl.dot`` on either.
+    Two interpreter bugs would otherwise make CPU results differ from GPU ones: it casts
+    float32 to bfloat16 by truncation (GPUs round to nearest even), and its ``tl.dot``
+    multiplies the raw numpy arrays, which for bfloat16 (stored as uint16 bits) is garbage.
+    This changes the interpreter, never the kernels, which run the same code on either.
+    A no-op unless ``TRITON_INTERPRET=1``; applied when this module is imported.
     """
     if not interpreter_requested():
         return
@@ -67,11 +67,11 @@ def patch_interpreter_dot() -> None:
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
-    if getattr(builder.create_dot, "octavo_widened", False):
+    if getattr(builder, "octavo_patched", False):
         return
-    original = builder.create_dot
+    original_dot, original_cast = builder.create_dot, builder.cast_impl
 
-    def widen(handle):
+    def to_float32(handle):
         if handle.dtype.scalar == tl.bfloat16:
             bits = handle.data.astype(np.uint32) << 16
             return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
@@ -80,7 +80,20 @@ def patch_interpreter_dot() -> None:
         return handle
 
     def create_dot(self, a, b, d, *args, **kwargs):
-        return original(self, widen(a), widen(b), d, *args, **kwargs)
+        # 16-bit products are exact in float32, as tensor cores accumulate them
+        return original_dot(self, to_float32(a), to_float32(b), d, *args, **kwargs)
 
-    create_dot.octavo_widened = True
-    builder.create_dot = create_dot
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+            quiet_nan = (bits >> 16) | 0x40
+            out = np.where(np.isnan(src.data), quiet_nan, rounded).astype(np.uint16)
+            return interpreter.TensorHandle(out, tl.bfloat16)
+        return original_cast(self, src, dst_type)
+
+    builder.create_dot, builder.cast_impl = create_dot, cast_impl
+    builder.octavo_patched = True
+
+
+patch_interpreter()

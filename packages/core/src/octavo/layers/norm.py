@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from octavo.layers.layer_ops import find_layer_op
 from octavo.layers.linear import default_weight_loader
 
 
@@ -32,8 +33,13 @@ class RMSNorm(nn.Module):
         self.weight.weight_loader = default_weight_loader
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        # A registered faster op for this device/dtype (see octavo.layers.layer_ops), else torch.
         if residual is None:
-            return rms_norm(x, self.weight, self.eps)
+            fast = find_layer_op("rms_norm", x)
+            return (fast or rms_norm)(x, self.weight, self.eps)
+        fast = find_layer_op("fused_add_rms_norm", x)
+        if fast is not None:
+            return fast(x, residual, self.weight, self.eps)
         x = x + residual  # [num_tokens, hidden]
         return rms_norm(x, self.weight, self.eps), x
 

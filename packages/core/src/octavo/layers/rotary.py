@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from octavo.layers.layer_ops import find_layer_op
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
 
@@ -142,7 +144,22 @@ def apply_rotary(
     sin: torch.Tensor,
     is_neox_style: bool = True,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size], a new tensor
-    """Rotate the first ``rotary_dim`` dims of every head of ``x``."""
+    """Rotate the first ``rotary_dim`` dims of every head of ``x``.
+
+    Runs a registered faster op for ``x``'s device and dtype if there is one (see
+    :mod:`octavo.layers.layer_ops`), else :func:`apply_rotary_torch`, the oracle.
+    """
+    fast = find_layer_op("rotary", x)
+    return (fast or apply_rotary_torch)(x, cos, sin, is_neox_style)
+
+
+def apply_rotary_torch(
+    x: torch.Tensor,  # [num_tokens, num_heads, head_size]
+    cos: torch.Tensor,  # [num_tokens, rotary_dim // 2]
+    sin: torch.Tensor,
+    is_neox_style: bool = True,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_size], a new tensor
+    """:func:`apply_rotary` in torch ops."""
     cos = cos.to(x.dtype).unsqueeze(-2)  # [T, 1, rot / 2]
     sin = sin.to(x.dtype).unsqueeze(-2)
     rot = 2 * cos.shape[-1]

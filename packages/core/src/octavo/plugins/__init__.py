@@ -11,6 +11,7 @@ from octavo.plugins.manager import (
     attention_backends,
     get_plugin_manager,
     kv_cache_managers,
+    layer_ops,
     models,
     quantization_methods,
     reset_plugin_manager,
@@ -23,6 +24,6 @@ from octavo.plugins.registry import PluginError, Registry
 __all__ = [
     "ALLOWLIST_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "REGISTRY_HOOKS",
     "OctavoPluginManager", "PluginError", "PluginInfo", "Registry", "attention_backends",
-    "get_plugin_manager", "hookimpl", "hookspec", "kv_cache_managers", "models",
+    "get_plugin_manager", "hookimpl", "hookspec", "kv_cache_managers", "layer_ops", "models",
     "quantization_methods", "reset_plugin_manager", "schedulers", "swappers", "weight_formats",
 ]

@@ -31,6 +31,11 @@ def register_attention_backends(register: Register) -> None:
 
 
 @hookspec
+def register_layer_ops(register: Register) -> None:
+    """Register providers of fast layer ops (subclasses of ``octavo.layers.layer_ops.LayerOps``)."""
+
+
+@hookspec
 def register_quantization_methods(register: Register) -> None:
     """Register ``QuantizationMethod`` classes by a checkpoint's ``quant_method``."""
 

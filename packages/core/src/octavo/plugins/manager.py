@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
 REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "register_models": ("model", "octavo.modeling:CausalLM"),
     "register_attention_backends": ("attention backend", "octavo.attention.base:AttentionBackend"),
+    "register_layer_ops": ("layer ops", "octavo.layers.layer_ops:LayerOps"),
     "register_quantization_methods": (
         "quantization method", "octavo.layers.quantization:QuantizationMethod"),
     "register_schedulers": ("scheduler", "octavo.engine.scheduler:Scheduler"),
@@ -235,6 +236,11 @@ def models() -> Registry:
 def attention_backends() -> Registry:
     """Attention backend classes (``AttentionBackend``) by name."""
     return get_plugin_manager().registry("register_attention_backends")
+
+
+def layer_ops() -> Registry:
+    """Providers of fast layer ops (``LayerOps``) by name."""
+    return get_plugin_manager().registry("register_layer_ops")
 
 
 def quantization_methods() -> Registry:

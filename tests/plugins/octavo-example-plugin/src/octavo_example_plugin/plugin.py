@@ -22,6 +22,11 @@ def register_attention_backends(register):
 
 
 @hookimpl
+def register_layer_ops(register):
+    register("example-ops", "octavo_example_plugin.layer_ops:Float64LayerOps")
+
+
+@hookimpl
 def register_quantization_methods(register):
     register("example_int8", "octavo_example_plugin.quantization:Int8WeightOnlyMethod")
 
