@@ -119,3 +119,20 @@ def test_serve_command_rejects_bad_options(args, message):
     result = CliRunner().invoke(cli, ["bench", "serve", "--served-model", "x",
                                       "--vocab-size", "50", "-n", "1", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_plot_of_serve_reports(fake_server, tmp_path):
+    server = fake_server(ttft=0.0, itl=0.001)
+    report = tmp_path / "fake.json"
+    CliRunner().invoke(cli, ["bench", "serve", "--base-url", server.base_url, "--vocab-size",
+                             "50", "-n", "4", "--input-len", "2", "--output-len", "3",
+                             "--max-concurrency", "1", "--max-concurrency", "4",
+                             "--no-progress", "-o", str(report)])
+    png = tmp_path / "plot.png"
+    result = CliRunner().invoke(cli, ["bench", "plot", str(report), "-o", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"benchmark": "throughput"}))
+    result = CliRunner().invoke(cli, ["bench", "plot", str(bad), "-o", str(png)])
+    assert result.exit_code == 2 and "not a `bench serve` report" in result.output

@@ -1,4 +1,4 @@
-"""The ``octavo bench`` command group: ``throughput``, ``latency`` and ``serve``."""
+"""The ``octavo bench`` command group: ``throughput``, ``latency``, ``serve`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import tempfile
 from typing import Any
 
 import click
@@ -96,7 +97,7 @@ def engine_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: offline throughput, one-batch latency, and serving."""
+    """Benchmarks: offline throughput, one-batch latency, serving, and plots."""
 
 
 @bench.command()
@@ -109,19 +110,30 @@ def bench() -> None:
 @click.option("--llama-gguf", default=None,
               help="GGUF for llama.cpp, used as is (default: a float32 copy of the model's "
                    "GGUF, written once into the cache, so all engines run float32 weights).")
+@click.option("--random-llama", type=click.Choice(["135m", "1b"]), default=None,
+              help="Instead of --model: a Llama of this shape with random weights.")
 @click.option("--threads", type=int, default=None, help="Torch and llama.cpp threads.")
 @output_options
 @engine_options
 def throughput(model, workload, num_requests, input_len, output_len, workload_seed, peers,
-               hf_batch_size, llama_gguf, threads, as_json, output, progress, **options):
+               hf_batch_size, llama_gguf, random_llama, threads, as_json, output, progress,
+               **options):
     """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
     from octavo.bench.engines import HFEngine, LlamaCppEngine, OctavoEngine
     from octavo.bench.report import emit
     from octavo.bench.throughput import format_throughput, run_throughput
 
     threads = set_threads(threads)
+    vocab_size = None
+    if random_llama:
+        from octavo.bench.random_models import RANDOM_LLAMAS, save_random_llama
+
+        if model:
+            raise click.UsageError("give --model or --random-llama, not both")
+        model = str(save_random_llama(random_llama, tempfile.mkdtemp(prefix="octavo-bench-")))
+        vocab_size = RANDOM_LLAMAS[random_llama]["vocab_size"]  # ids beyond its toy tokenizer
     requests, description, _ = build_requests(model, workload, num_requests, input_len,
-                                              output_len, workload_seed)
+                                              output_len, workload_seed, vocab_size)
     options = engine_kwargs(options)
     engines = [OctavoEngine(model, **options)]
     for peer in dict.fromkeys(peers):
@@ -250,3 +262,21 @@ def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, wo
     emit(report, format_serve(report), as_json=as_json, output=output)
     if any(run["failed"] for run in report["runs"]):
         raise SystemExit(1)
+
+
+@bench.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")
+@click.option("--title", default=None)
+def plot(reports, output, title):
+    """Plot output tokens/s against concurrency from `bench serve --output` REPORTS."""
+    try:
+        from octavo.bench.plot import plot_throughput
+    except ImportError as exc:
+        raise click.ClickException("plotting needs matplotlib: pip install matplotlib") from exc
+    try:
+        path = plot_throughput(list(reports), output, title)
+    except (ValueError, KeyError) as exc:
+        raise click.UsageError(f"cannot plot: {exc}") from exc
+    click.echo(f"plot written to {path}")
