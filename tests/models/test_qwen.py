@@ -123,7 +123,7 @@ def test_missing_tensor_is_named(qwen):
     suite, conf = qwen
     checkpoint = dict(suite.hf_weights(conf.hf_model))
     del checkpoint["transformer.h.1.attn.c_attn.bias"]
-    with pytest.raises(ValueError, match=r"lacks 1 tensors: transformer\.h\.1\.attn\.c_attn\.bias"):
+    with pytest.raises(ValueError, match=r"lacks 1 tensors .*: transformer\.h\.1\.attn\.c_attn\.bias$"):
         suite.build_model(conf.config).load_weights(checkpoint.items())
 
 
@@ -132,7 +132,7 @@ def test_wrong_shape_is_named(qwen):
     checkpoint = dict(suite.hf_weights(conf.hf_model))
     c_attn = "transformer.h.0.attn.c_attn.weight"
     checkpoint[c_attn] = checkpoint[c_attn][:-4]  # a truncated fused [q | k | v]
-    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn\.weight:.*shape"):
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn\.weight'?:.*shape"):
         suite.build_model(conf.config).load_weights(checkpoint.items())
 
 

@@ -20,9 +20,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from octavo_models.llama import LlamaForCausalLM
+from octavo_models.llama import CheckpointLayout, LlamaForCausalLM
+from octavo_models.weight_map import WeightRule
 
 BAICHUAN2_VOCAB_SIZE = 125696
+
+BAICHUAN_LAYOUT = CheckpointLayout(
+    embed="model.embed_tokens.weight", final_norm="model.norm.weight", layer="model.layers.{i}",
+    input_norm="input_layernorm.weight", post_norm="post_attention_layernorm.weight",
+    qkv="self_attn.W_pack.weight", o="self_attn.o_proj.weight", gate="mlp.gate_proj.weight",
+    up="mlp.up_proj.weight", down="mlp.down_proj.weight",
+    ignored=("model.layers.{i}.self_attn.rotary_emb.inv_freq",))
 
 
 def baichuan_llama_fields(config: Any, position_embedding: str) -> dict[str, Any]:
@@ -40,10 +48,13 @@ def baichuan_llama_fields(config: Any, position_embedding: str) -> dict[str, Any
     )
 
 
+def normalize_rows(weight: torch.Tensor) -> torch.Tensor:
+    """Baichuan 2's ``NormHead``: every vocabulary row scaled to unit L2 norm."""
+    return F.normalize(weight.float(), dim=-1).to(weight.dtype)
+
+
 class BaichuanForCausalLM(LlamaForCausalLM):
     """Serves ``BaichuanForCausalLM`` checkpoints (Baichuan-13B, Baichuan 2; no remote code)."""
-
-    checkpoint_renames = ((r"\.self_attn\.W_pack\.", ".self_attn.qkv_proj."),)
 
     @classmethod
     def position_embedding(cls, config: Any) -> str:
@@ -54,25 +65,10 @@ class BaichuanForCausalLM(LlamaForCausalLM):
     def llama_config_fields(cls, config: Any) -> dict[str, Any]:
         return baichuan_llama_fields(config, cls.position_embedding(config))
 
-    @property
-    def uses_norm_head(self) -> bool:
-        return self.config.vocab_size == BAICHUAN2_VOCAB_SIZE
-
-    def prepare_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if name == "lm_head.weight" and self.uses_norm_head:  # NormHead, applied once
-            return F.normalize(tensor.float(), dim=-1).to(tensor.dtype)
-        return tensor
-
-    def checkpoint_tensor_names(self) -> list[str]:
-        names = ["model.embed_tokens.weight", "model.norm.weight"]
-        if not self.tie_word_embeddings:
-            names.append("lm_head.weight")
-        for i in range(self.config.num_hidden_layers):
-            layer = f"model.layers.{i}"
-            names += [f"{layer}.{part}.weight" for part in (
-                "input_layernorm", "post_attention_layernorm", "self_attn.W_pack",
-                "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-        return names
+    def weight_rules(self) -> list[WeightRule]:
+        norm_head = self.config.vocab_size == BAICHUAN2_VOCAB_SIZE
+        return BAICHUAN_LAYOUT.rules(tied=self.tie_word_embeddings,
+                                     lm_head_transform=normalize_rows if norm_head else None)
 
 
 class BaiChuanForCausalLM(BaichuanForCausalLM):

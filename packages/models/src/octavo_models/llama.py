@@ -11,15 +11,15 @@ Differences between them come from the HF config alone:
 - ``position_embedding``: ``"rope"`` (default) or ``"alibi"`` (no rotary; Baichuan-13B).
 
 Families with the same block but their own checkpoint names and config fields (QWen, Baichuan)
-subclass :class:`LlamaForCausalLM` with a weight map (:attr:`~LlamaForCausalLM.checkpoint_renames`)
-and a config mapping (:meth:`~LlamaForCausalLM.llama_config_fields`).
+subclass :class:`LlamaForCausalLM` with a :class:`CheckpointLayout` (where their checkpoint keeps
+each tensor) and a config mapping (:meth:`~LlamaForCausalLM.llama_config_fields`).
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from octavo.layers import (
     process_weights_after_loading,
 )
 from octavo.modeling import CausalLM, ModelContext
+from octavo_models.weight_map import WeightRule, load_mapped_weights
 
 STACKED_PARAMS = (
     StackedParam("qkv_proj", "q_proj", "q"),
@@ -51,6 +52,48 @@ STACKED_PARAMS = (
     StackedParam("gate_up_proj", "gate_proj", 0),
     StackedParam("gate_up_proj", "up_proj", 1),
 )
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """Where a checkpoint that is not in HF Llama's names keeps each tensor of the Llama block.
+
+    Names are :class:`~octavo_models.weight_map.WeightRule` templates; the per-layer ones are
+    relative to ``layer`` (``{i}``: the layer index). A name ending in ``{p}`` covers the weight
+    and the bias; ``qkv`` is one fused ``[q | k | v]`` tensor.
+    """
+
+    embed: str
+    final_norm: str
+    layer: str
+    input_norm: str
+    post_norm: str
+    qkv: str
+    o: str
+    gate: str
+    up: str
+    down: str
+    lm_head: str = "lm_head.weight"
+    ignored: tuple[str, ...] = ()  # buffers some checkpoints carry (rotary inv_freq)
+
+    def rules(self, *, tied: bool,
+              lm_head_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              ) -> list[WeightRule]:
+        """The weight rules onto :class:`LlamaForCausalLM`'s parameters."""
+        per_layer = [(self.input_norm, "input_layernorm", None),
+                     (self.post_norm, "post_attention_layernorm", None),
+                     (self.qkv, "self_attn.qkv_proj", None), (self.o, "self_attn.o_proj", None),
+                     (self.gate, "mlp.gate_up_proj", 0), (self.up, "mlp.gate_up_proj", 1),
+                     (self.down, "mlp.down_proj", None)]
+        rules = [WeightRule(self.embed, "model.embed_tokens.weight"),
+                 WeightRule(self.final_norm, "model.norm.weight"),
+                 WeightRule(self.lm_head, None if tied else "lm_head.weight",
+                            transform=lm_head_transform)]
+        for source, target, shard in per_layer:
+            kind = "{p}" if source.endswith("{p}") else "weight"
+            rules.append(WeightRule(f"{self.layer}.{source}",
+                                    f"model.layers.{{i}}.{target}.{kind}", shard=shard))
+        return rules + [WeightRule(name, None) for name in self.ignored]
 
 
 def head_dim_of(config: Any) -> int:
@@ -208,14 +251,7 @@ class LlamaForCausalLM(CausalLM):
 
     Parameters are allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
     :meth:`load_weights` fills them from HF-named tensors.
-
-    Attributes:
-        checkpoint_renames: ``(regex, replacement)`` rewrites, applied in order, from a
-            checkpoint's tensor names to HF Llama's (``W_pack`` -> ``qkv_proj``); a fused
-            tensor renamed to ``qkv_proj`` / ``gate_up_proj`` is split into its shards.
     """
-
-    checkpoint_renames: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, config: Any, ctx: ModelContext) -> None:
         config = self.adapt_config(config)
@@ -266,19 +302,10 @@ class LlamaForCausalLM(CausalLM):
     def kv_cache_spec(cls, config: Any):
         return super().kv_cache_spec(cls.adapt_config(config))
 
-    def checkpoint_tensor_names(self) -> list[str] | None:
-        """Every tensor a complete checkpoint of this family holds, by its checkpoint name, so a
-        missing one is reported by that name; None leaves the check to the loader."""
+    def weight_rules(self) -> list[WeightRule] | None:
+        """The checkpoint name map of a family with its own :class:`CheckpointLayout`; None
+        for HF Llama's names."""
         return None
-
-    def prepare_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """A checkpoint tensor as this model stores it (identity; Baichuan 2 normalizes its head)."""
-        return tensor
-
-    def _hf_name(self, name: str) -> str:
-        for pattern, replacement in self.checkpoint_renames:
-            name = re.sub(pattern, replacement, name)
-        return name
 
     def _skip_weight(self, name: str) -> bool:
         if "rotary_emb." in name:  # inv_freq / cos / sin buffers of older checkpoints
@@ -286,20 +313,10 @@ class LlamaForCausalLM(CausalLM):
         return self.tie_word_embeddings and name == "lm_head.weight"
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        seen: set[str] = set()
-
-        def prepared() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                seen.add(name)
-                yield name, self.prepare_tensor(name, tensor)
-
-        loaded = load_hf_weights(self, prepared(), STACKED_PARAMS, skip=self._skip_weight,
-                                 rename=self._hf_name if self.checkpoint_renames else None)
-        expected = self.checkpoint_tensor_names()
-        missing = [name for name in expected or () if name not in seen]
-        if missing:
-            shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-            raise ValueError(f"{type(self).__name__} checkpoint lacks {len(missing)} "
-                             f"tensors: {shown}")
+        rules = self.weight_rules()
+        if rules is None:
+            loaded = load_hf_weights(self, weights, STACKED_PARAMS, skip=self._skip_weight)
+        else:
+            loaded = load_mapped_weights(self, weights, rules)
         process_weights_after_loading(self)
         return loaded

@@ -2,12 +2,12 @@
 
 The checkpoint is the remote-code layout of Qwen-7B/14B/72B and Qwen-1.8B::
 
-    transformer.wte                     -> model.embed_tokens
-    transformer.h.N.ln_1 / ln_2         -> input_layernorm / post_attention_layernorm (RMSNorm)
-    transformer.h.N.attn.c_attn         -> self_attn.qkv_proj ([q | k | v], always with bias)
-    transformer.h.N.attn.c_proj         -> self_attn.o_proj (bias unless ``no_bias``)
-    transformer.h.N.mlp.w2 / w1 / c_proj -> mlp gate / up / down: ``c_proj(w1(x) * silu(w2(x)))``
-    transformer.ln_f                    -> model.norm
+    transformer.wte                      -> embedding
+    transformer.h.N.ln_1 / ln_2          -> input / post-attention RMSNorm
+    transformer.h.N.attn.c_attn          -> fused [q | k | v] (always with bias)
+    transformer.h.N.attn.c_proj          -> output projection (bias unless ``no_bias``)
+    transformer.h.N.mlp.w2 / w1 / c_proj -> gate / up / down: ``c_proj(w1(x) * silu(w2(x)))``
+    transformer.ln_f                     -> final RMSNorm
 
 Its config.json spells the Llama fields its own way: ``layer_norm_epsilon``,
 ``rotary_emb_base``, ``kv_channels`` (the head size), and ``intermediate_size`` is twice the
@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from octavo_models.llama import LlamaForCausalLM
+from octavo_models.llama import CheckpointLayout, LlamaForCausalLM
+from octavo_models.weight_map import WeightRule
+
+QWEN_LAYOUT = CheckpointLayout(
+    embed="transformer.wte.weight", final_norm="transformer.ln_f.weight",
+    layer="transformer.h.{i}", input_norm="ln_1.weight", post_norm="ln_2.weight",
+    qkv="attn.c_attn.{p}", o="attn.c_proj.{p}", gate="mlp.w2.{p}", up="mlp.w1.{p}",
+    down="mlp.c_proj.{p}", ignored=("transformer.rotary_emb.inv_freq",))
 
 
 def qwen_llama_fields(config: Any) -> dict[str, Any]:
@@ -54,34 +61,9 @@ def qwen_llama_fields(config: Any) -> dict[str, Any]:
 class QWenLMHeadModel(LlamaForCausalLM):
     """Serves ``QWenLMHeadModel`` checkpoints (no remote code needed)."""
 
-    checkpoint_renames = (
-        (r"^transformer\.wte\.", "model.embed_tokens."),
-        (r"^transformer\.ln_f\.", "model.norm."),
-        (r"^transformer\.h\.(\d+)\.", r"model.layers.\1."),
-        (r"\.ln_1\.", ".input_layernorm."),
-        (r"\.ln_2\.", ".post_attention_layernorm."),
-        (r"\.attn\.c_attn\.", ".self_attn.qkv_proj."),
-        (r"\.attn\.c_proj\.", ".self_attn.o_proj."),
-        (r"\.mlp\.w1\.", ".mlp.up_proj."),
-        (r"\.mlp\.w2\.", ".mlp.gate_proj."),
-        (r"\.mlp\.c_proj\.", ".mlp.down_proj."),
-    )
-
     @classmethod
     def llama_config_fields(cls, config: Any) -> dict[str, Any]:
         return qwen_llama_fields(config)
 
-    def checkpoint_tensor_names(self) -> list[str]:
-        config = self.config
-        bias = ("weight", "bias") if config.mlp_bias else ("weight",)
-        names = ["transformer.wte.weight", "transformer.ln_f.weight"]
-        if not self.tie_word_embeddings:
-            names.append("lm_head.weight")
-        for i in range(config.num_hidden_layers):
-            layer = f"transformer.h.{i}"
-            names += [f"{layer}.ln_1.weight", f"{layer}.ln_2.weight",
-                      f"{layer}.attn.c_attn.weight", f"{layer}.attn.c_attn.bias"]
-            names += [f"{layer}.attn.c_proj.{kind}" for kind in bias]
-            names += [f"{layer}.mlp.{proj}.{kind}" for proj in ("w1", "w2", "c_proj")
-                      for kind in bias]
-        return names
+    def weight_rules(self) -> list[WeightRule]:
+        return QWEN_LAYOUT.rules(tied=self.tie_word_embeddings)

@@ -35,25 +35,22 @@ def load_hf_weights(
     weights: Iterable[tuple[str, torch.Tensor]],
     stacked: Sequence[StackedParam] = (),
     skip: Callable[[str], bool] = lambda name: False,
-    rename: Callable[[str], str] | None = None,
 ) -> set[str]:
     """Route each ``(hf_name, tensor)`` to its parameter's ``weight_loader``.
 
-    Names ``skip`` accepts are ignored. ``rename`` maps a checkpoint's own names onto the
-    model's (before the ``stacked`` rules); errors still name the checkpoint tensor. Returns the
-    names (as ``model.named_parameters()`` spells them) of the parameters that received data.
-    Raises :class:`UnknownWeightError` for a name that matches no parameter.
+    Names ``skip`` accepts are ignored. Returns the names (as ``model.named_parameters()``
+    spells them) of the parameters that received data. Raises :class:`UnknownWeightError` for
+    a name that matches no parameter.
     """
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:
         if skip(name):
             continue
-        target, shard_id = rename(name) if rename is not None else name, None
+        target, shard_id = name, None
         for rule in stacked:
-            if f".{rule.part}." in target:
-                target = target.replace(f".{rule.part}.", f".{rule.merged}.")
-                shard_id = rule.shard_id
+            if f".{rule.part}." in name:
+                target, shard_id = name.replace(f".{rule.part}.", f".{rule.merged}."), rule.shard_id
                 break
         param = params.get(target)
         if param is None:
