@@ -72,8 +72,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
                        param="response_format")
     prompt = process_prompt(model, chat_token_ids(model, body.messages, body.add_generation_prompt),
                             param="messages")
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = getattr(body, field)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs), field)
     check_context(model, prompt, max_tokens, field, "messages")

@@ -46,23 +46,35 @@ def bad_request(exc: ValueError, fields: set[str] | frozenset[str] = frozenset()
     return APIError(400, message, param=first_word if first_word in fields else None)
 
 
+def _is_type_tag(part: str) -> bool:
+    """Pydantic names the member of a union an error came from (``str``, ``list[int]``)."""
+    return "[" in part or "-" in part or part in {"str", "int", "float", "bool", "list", "dict"}
+
+
 def _location(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    """``("body", "messages", 0, "role")`` -> ``messages[0].role``, without union tags."""
     dotted = ""
-    for part in parts:
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        part = str(part)
+        if _is_type_tag(part):
+            break
         dotted += f"[{part}]" if part.isdigit() else (f".{part}" if dotted else part)
     return dotted
 
 
 def _validation_response(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    if first.get("type") == "json_invalid":
-        return error_response(400, f"the request body is not valid JSON: {first.get('msg')}")
-    param = _location(tuple(first.get("loc", ())))
-    messages = [f"{_location(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}"
-                for e in errors[:3]]
-    return error_response(400, "; ".join(messages), param=param or None)
+    if errors and errors[0].get("type") == "json_invalid":
+        return error_response(400, f"the request body is not valid JSON: {errors[0].get('msg')}")
+    by_field: dict[str, list[str]] = {}
+    for error in errors:
+        messages = by_field.setdefault(_location(tuple(error.get("loc", ()))), [])
+        if error.get("msg") not in messages:
+            messages.append(error.get("msg"))
+    param = next(iter(by_field), "")
+    message = "; ".join(f"{field or 'body'}: {' or '.join(messages)}"
+                        for field, messages in list(by_field.items())[:3])
+    return error_response(400, message or "invalid request", param=param or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

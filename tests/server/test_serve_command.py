@@ -1,0 +1,108 @@
+"""``octavo serve`` as a process: startup log, serving, and a clean SIGTERM (exit 0)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+from click.testing import CliRunner
+
+from octavo.cli import cli
+
+from .conftest import MODEL, start_server, tiny_model
+
+
+def test_serve_is_a_plugin_command_with_every_engine_option():
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--model", "--served-model-name", "--host", "--port", "--api-key",
+                   "--max-waiting-requests", "--block-size", "--max-num-seqs", "--device",
+                   "--enable-prefix-caching"):
+        assert option in result.output
+
+
+def test_bad_options_are_usage_errors(monkeypatch):
+    monkeypatch.setenv("OCTAVO_PORT", "99999")
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 2 and "port" in result.output
+
+
+def stream_lines(url: str, body: dict, lines: list[str], first: threading.Event) -> None:
+    """Collect a stream's ``data:`` payloads until it ends or the server drops it."""
+    try:
+        with httpx.stream("POST", url, json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    lines.append(line[len("data: "):])
+                    first.set()
+    except httpx.RemoteProtocolError:
+        lines.append("(dropped)")
+
+
+def test_serve_logs_what_it_loaded_and_finishes_requests_on_sigterm(tiny_folder):
+    command = [sys.executable, "-m", "octavo.cli", "serve", "--model", str(tiny_folder),
+               "--served-model-name", MODEL, "--port", "0", "--device", "cpu",
+               "--block-size", "4", "--num-gpu-blocks-override", "300"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        log = []
+        for line in process.stderr:
+            log.append(line)
+            if "serving" in line:
+                break
+        text = "".join(log)
+        assert f"loaded {tiny_folder} as 'tiny'" in text
+        assert "KV cache: 300 blocks of 4 tokens = 1200 tokens" in text
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text).group(1)
+        threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+
+        lines: list[str] = []
+        first = threading.Event()
+        body = {"model": MODEL, "prompt": "w1 w2", "max_tokens": 200, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        reader = threading.Thread(target=stream_lines,
+                                  args=(f"{url}/completions", body, lines, first))
+        reader.start()
+        assert first.wait(30)
+        process.send_signal(signal.SIGTERM)
+        in_flight = len(lines)
+        reader.join(60)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert in_flight < 200 and lines[-1] == "[DONE]"
+    assert json.loads(lines[-2])["choices"][0]["finish_reason"] == "length"
+    assert sum(1 for line in lines[:-1] if json.loads(line)["choices"][0]["text"]) > 0
+    assert len(lines) - 1 == 200  # one chunk per token: the request ran to its end
+
+
+def test_shutdown_aborts_what_outlives_the_grace_period(tiny_folder):
+    served = tiny_model(tiny_folder, num_gpu_blocks_override=300)
+    background = start_server(served, shutdown_timeout=0.2)
+    lines: list[str] = []
+    first = threading.Event()
+    body = {"model": MODEL, "prompt": "w1 w2", "max_tokens": 1000, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    reader = threading.Thread(target=stream_lines,
+                              args=(f"{background.url}/completions", body, lines, first))
+    reader.start()
+    try:
+        assert first.wait(30)
+        assert served.stats().num_free_kv_blocks < 300
+    finally:
+        started = time.monotonic()
+        background.stop()
+        reader.join(30)
+    assert time.monotonic() - started < 10
+    assert lines[-1] == "(dropped)" and len(lines) < 1000
+    engine = served.llm.engine
+    assert not engine.has_unfinished_requests()
+    kv = engine.core.scheduler.kv_cache
+    assert kv.num_free_blocks == kv.num_blocks
