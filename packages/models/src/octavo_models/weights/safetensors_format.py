@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from octavo.model_loader.weights import WeightFormat
 
@@ -18,6 +18,10 @@ class SafetensorsFormat(WeightFormat):
     name = "safetensors"
 
     def iter_weights(self, path: Path, config: Any) -> Iterator[tuple[str, torch.Tensor]]:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except SafetensorError as exc:  # truncated or not a safetensors file
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        with handle as f:
             for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                 yield name, f.get_tensor(name)
