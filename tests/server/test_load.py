@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from .conftest import MODEL, assert_all_blocks_free, scrape
 
@@ -98,3 +99,17 @@ def test_metrics_parse_and_move(server, client):
     assert moved("octavo_inter_token_latency_seconds_count") == 8
     assert moved("octavo_e2e_request_latency_seconds_count") == 2
     assert moved("octavo_e2e_request_latency_seconds_sum") > 0
+
+
+def test_a_client_that_gives_up_on_a_plain_request_aborts_it(server):
+    before = scrape(server.base_url)
+    body = {"model": MODEL, "prompt": "w9 w8 w7", "max_tokens": 1000, "temperature": 0,
+            "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/completions", json=body, timeout=0.3)
+    after = wait_until_idle(server.base_url)
+    assert after["octavo_request_success_total[abort]"] \
+        - before.get("octavo_request_success_total[abort]", 0) == 1
+    assert after["octavo_generation_tokens_total"] - before["octavo_generation_tokens_total"] \
+        < 1000
+    assert_all_blocks_free(server.base_url)

@@ -81,7 +81,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     response_id = random_id("chatcmpl")
     if body.stream:
         return event_stream(_chunks(body, generation, response_id, model), generation)
-    (output,) = await generation.final_outputs()
+    (output,) = await generation.final_outputs_unless_disconnected(request)
     choices = [ChatChoice(index=c.index, message=ChatResponseMessage(content=c.text),
                           logprobs=_logprobs(c.token_ids, c.logprobs, body.top_logprobs or 0)
                           if body.logprobs else None,

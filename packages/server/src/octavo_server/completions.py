@@ -61,7 +61,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     if body.stream:
         return event_stream(view.chunks(generation, response_id, model.name),
                             generation)
-    outputs = await generation.final_outputs()
+    outputs = await generation.final_outputs_unless_disconnected(request)
     choices = [view.choice(generation.choice_index(i, c.index), out, c)
                for i, out in enumerate(outputs) for c in out.outputs]
     return CompletionResponse(id=response_id, model=model.name, choices=choices,

@@ -6,7 +6,7 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from octavo_server.protocol import ErrorInfo, ErrorResponse
@@ -25,6 +25,10 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its (non-streamed) answer was ready."""
 
 
 def error_body(status: int, message: str, param: str | None = None,
@@ -90,3 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message)
 
     app.add_exception_handler(RequestValidationError, _validation_response)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's code for this case

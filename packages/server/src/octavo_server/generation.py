@@ -12,10 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from fastapi import Request
+
 from octavo.entrypoints.async_llm import RequestStream
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import SamplingParams
-from octavo_server.errors import APIError, bad_request
+from octavo_server.errors import APIError, ClientDisconnected, bad_request
 from octavo_server.metrics import RequestTracker, ServerMetrics
 from octavo_server.models import ServedModel
 from octavo_server.protocol import UsageInfo
@@ -141,8 +143,30 @@ class Generation:
                     finals[index] = output
         return finals  # type: ignore[return-value]
 
+    async def final_outputs_unless_disconnected(self, request: Request) -> list[RequestOutput]:
+        """``final_outputs()``, but a client that hangs up aborts the requests at once."""
+        work = asyncio.ensure_future(self.final_outputs())
+        watch = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            await self.aclose()
+            raise ClientDisconnected
+        return work.result()
+
     def choice_index(self, prompt_index: int, output_index: int) -> int:
         return prompt_index * self.n + output_index
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client disconnects (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
