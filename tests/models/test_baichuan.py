@@ -263,3 +263,19 @@ def test_loader_still_refuses_an_unregistered_remote_code_architecture(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="no_such_model"):
         load_hf_config(resolve_model_source(str(tmp_path)))
+
+
+def test_each_tensor_parallel_rank_gets_its_heads_slopes():
+    from octavo.attention.torch_backend import TorchAttentionBackend
+    from octavo.modeling import ModelContext, ParallelConfig
+
+    raw = baichuan_config_json(TestBaichuan13BAlibi().hf_config(), "BaichuanForCausalLM",
+                               rope=False)
+    slopes = []
+    for rank in range(2):
+        ctx = ModelContext(attention_backend=TorchAttentionBackend,
+                           parallel=ParallelConfig(tensor_parallel_size=2, rank=rank))
+        model = BaichuanForCausalLM(PretrainedConfig(**raw), ctx)
+        assert model.model.rotary_emb is None
+        slopes.append(model.model.layers[0].self_attn.attn.impl.alibi_slopes)
+    torch.testing.assert_close(torch.cat(slopes), torch.tensor(baichuan_interleaved_slopes(6)))
