@@ -54,3 +54,11 @@ def test_alibi_checkpoints_are_refused_with_a_reason():
     config = FalconConfig(**TINY, alibi=True, architectures=["FalconForCausalLM"])
     with pytest.raises(ValueError, match="alibi"):
         FalconForCausalLM.decoder_spec(config)
+
+
+@pytest.mark.parametrize("suite_cls, changes", [
+    (TestFalconNewArchitectureOneNorm, lambda spec: {"rope": None}),
+    (TestFalconSequential, lambda spec: {"parallel_residual": True}),
+], ids=["rotary", "sequential-blocks"])
+def test_feature_matters(assert_feature_matters, suite_cls, changes):
+    assert_feature_matters(suite_cls, changes)

@@ -24,3 +24,7 @@ class TestGPT2Variants(ModelConformanceSuite):
         return GPT2Config(**TINY, n_inner=96, activation_function="gelu",
                           scale_attn_by_inverse_layer_idx=True, tie_word_embeddings=False,
                           architectures=["GPT2LMHeadModel"])
+
+
+def test_feature_matters(assert_feature_matters):
+    assert_feature_matters(TestGPT2Variants, lambda spec: {"scale_by_inverse_layer": False})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from transformers import GPTNeoXConfig
 
 from octavo.testing.model_suite import ModelConformanceSuite
@@ -26,3 +29,11 @@ class TestGPTNeoXSequential(ModelConformanceSuite):
         return GPTNeoXConfig(**TINY, rotary_pct=1.0, use_parallel_residual=False,
                              tie_word_embeddings=True, attention_bias=False,
                              architectures=["GPTNeoXForCausalLM"])
+
+
+@pytest.mark.parametrize("changes", [
+    lambda spec: {"rope": dataclasses.replace(spec.rope, rotary_dim=spec.head_dim)},
+    lambda spec: {"parallel_residual": False},
+], ids=["partial-rotary", "parallel-residual"])
+def test_feature_matters(assert_feature_matters, changes):
+    assert_feature_matters(TestGPTNeoX, changes)

@@ -25,3 +25,7 @@ class TestOPTPostNormProjected(ModelConformanceSuite):
     def hf_config(self):
         return OPTConfig(**TINY, word_embed_proj_dim=32, do_layer_norm_before=False,
                          architectures=["OPTForCausalLM"])
+
+
+def test_feature_matters(assert_feature_matters):
+    assert_feature_matters(TestOPT, lambda spec: {"activation": "gelu"})
