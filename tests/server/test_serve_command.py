@@ -33,16 +33,28 @@ def test_bad_options_are_usage_errors(monkeypatch):
     assert result.exit_code == 2 and "port" in result.output
 
 
-def stream_lines(url: str, body: dict, lines: list[str], first: threading.Event) -> None:
-    """Collect a stream's ``data:`` payloads until it ends or the server drops it."""
-    try:
-        with httpx.stream("POST", url, json=body, timeout=60) as response:
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    lines.append(line[len("data: "):])
-                    first.set()
-    except httpx.RemoteProtocolError:
-        lines.append("(dropped)")
+class StreamReader(threading.Thread):
+    """Streams a long greedy completion in a thread, collecting its ``data:`` payloads until
+    the stream ends or the server drops it (then the last entry is ``(dropped)``)."""
+
+    def __init__(self, url: str, max_tokens: int) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{url}/completions"
+        self.body = {"model": MODEL, "prompt": "w1 w2", "max_tokens": max_tokens,
+                     "temperature": 0, "ignore_eos": True, "stream": True}
+        self.lines: list[str] = []
+        self.first = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("POST", self.url, json=self.body, timeout=60) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        self.lines.append(line[len("data: "):])
+                        self.first.set()
+        except httpx.RemoteProtocolError:
+            self.lines.append("(dropped)")
 
 
 def test_serve_logs_what_it_loaded_and_finishes_requests_on_sigterm(tiny_folder):
@@ -62,21 +74,16 @@ def test_serve_logs_what_it_loaded_and_finishes_requests_on_sigterm(tiny_folder)
         url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text).group(1)
         threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
 
-        lines: list[str] = []
-        first = threading.Event()
-        body = {"model": MODEL, "prompt": "w1 w2", "max_tokens": 200, "temperature": 0,
-                "ignore_eos": True, "stream": True}
-        reader = threading.Thread(target=stream_lines,
-                                  args=(f"{url}/completions", body, lines, first))
-        reader.start()
-        assert first.wait(30)
+        reader = StreamReader(url, max_tokens=200)
+        assert reader.first.wait(30)
         process.send_signal(signal.SIGTERM)
-        in_flight = len(lines)
+        in_flight = len(reader.lines)
         reader.join(60)
         assert process.wait(60) == 0
     finally:
         if process.poll() is None:
             process.kill()
+    lines = reader.lines
     assert in_flight < 200 and lines[-1] == "[DONE]"
     assert json.loads(lines[-2])["choices"][0]["finish_reason"] == "length"
     assert sum(1 for line in lines[:-1] if json.loads(line)["choices"][0]["text"]) > 0
@@ -86,22 +93,16 @@ def test_serve_logs_what_it_loaded_and_finishes_requests_on_sigterm(tiny_folder)
 def test_shutdown_aborts_what_outlives_the_grace_period(tiny_folder):
     served = tiny_model(tiny_folder, num_gpu_blocks_override=300)
     background = start_server(served, shutdown_timeout=0.2)
-    lines: list[str] = []
-    first = threading.Event()
-    body = {"model": MODEL, "prompt": "w1 w2", "max_tokens": 1000, "temperature": 0,
-            "ignore_eos": True, "stream": True}
-    reader = threading.Thread(target=stream_lines,
-                              args=(f"{background.url}/completions", body, lines, first))
-    reader.start()
+    reader = StreamReader(background.url, max_tokens=1000)
     try:
-        assert first.wait(30)
+        assert reader.first.wait(30)
         assert served.stats().num_free_kv_blocks < 300
     finally:
         started = time.monotonic()
         background.stop()
         reader.join(30)
     assert time.monotonic() - started < 10
-    assert lines[-1] == "(dropped)" and len(lines) < 1000
+    assert reader.lines[-1] == "(dropped)" and len(reader.lines) < 1000
     engine = served.llm.engine
     assert not engine.has_unfinished_requests()
     kv = engine.core.scheduler.kv_cache
