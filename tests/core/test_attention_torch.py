@@ -9,7 +9,11 @@ import torch.nn.functional as F
 
 from octavo.attention import select_attention_backend
 from octavo.attention.base import AttentionMetadata
-from octavo.attention.torch_backend import TorchAttentionBackend
+from octavo.attention.torch_backend import (
+    MAX_DECODE_PADDING,
+    TorchAttentionBackend,
+    group_by_length,
+)
 from octavo.testing.attention_suite import AttentionBackendSuite, alibi_slopes, make_paged_batch
 
 
@@ -132,6 +136,30 @@ def test_reference_alibi_matches_dense():
 
 def test_reference_soft_cap_matches_dense():
     out, expected = run_paged(*MIXED, logits_soft_cap=2.0, seed=2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+# Ten decodes whose contexts fall in several length groups, beside one prefill chunk.
+MANY_DECODES = ([1] * 9 + [6, 1], [3, 40, 41, 5, 44, 120, 7, 100, 2, 30, 39])
+
+
+def test_decode_groups_bound_the_padding():
+    lens = [3, 40, 41, 5, 44, 120, 7, 100, 2, 39]
+    groups = group_by_length(lens)
+    assert sorted(i for g in groups for i in g) == list(range(len(lens)))
+    for group in groups:
+        longest = max(lens[i] for i in group)
+        assert sum(lens[i] for i in group) >= (1 - MAX_DECODE_PADDING) * longest * len(group)
+    assert [sorted(lens[i] for i in g) for g in groups] == [
+        [2, 3], [5, 7], [39, 40, 41, 44], [100, 120]]
+    assert group_by_length([]) == [] and group_by_length([5]) == [[0]]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 9}, {"alibi_slopes": alibi_slopes(4)},
+                                    {"logits_soft_cap": 2.0}],
+                         ids=["plain", "window", "alibi", "soft_cap"])
+def test_grouped_decodes_match_dense(kwargs):
+    out, expected = run_paged(*MANY_DECODES, seed=3, **kwargs)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 

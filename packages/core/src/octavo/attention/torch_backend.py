@@ -104,22 +104,49 @@ def _decode_attention(
     return out.reshape(num_seqs, num_heads, head_size).to(query.dtype)
 
 
+# A decode group pads its sequences' contexts to its longest; a new group starts when that
+# padding would pass this share of the group's gathered slots. Gathering and attending over
+# padding cost as much as over real context, so one group padded to the batch's longest context
+# made mixed-length decode steps (the chat mix: 16-1536 tokens) about 3x slower than groups.
+MAX_DECODE_PADDING = 0.25
+
+
+def group_by_length(seq_lens: list[int], max_padding: float = MAX_DECODE_PADDING
+                    ) -> list[list[int]]:
+    """Indices of ``seq_lens`` in groups of similar length, shortest first; padding every
+    member to its group's longest wastes at most ``max_padding`` of the group's slots."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(seq_lens)), key=seq_lens.__getitem__):
+        if groups and total + seq_lens[i] >= (1 - max_padding) * seq_lens[i] * (len(groups[-1]) + 1):
+            groups[-1].append(i)
+            total += seq_lens[i]
+        else:
+            groups.append([i])
+            total = seq_lens[i]
+    return groups
+
+
 def _decode_plan(metadata: AttentionMetadata, block_size: int):
-    """Rows, seq lens and gather slots of the batch's decodes; built once per step."""
+    """The batch's decodes, and per group of similar context length its query rows, seq lens
+    and gather slots; built once per step."""
     plan = metadata.memo.get("torch_decode_plan")
     if plan is None:
         starts = metadata.query_start_loc_cpu
         decodes = [i for i in range(metadata.num_seqs) if starts[i + 1] - starts[i] == 1]
-        if len(decodes) < 2:
-            plan = (decodes, None, None, None)
-        else:
+        groups = []
+        if len(decodes) >= 2:
             device = metadata.seq_lens.device
-            index = torch.tensor(decodes, device=device)
-            seq_lens = metadata.seq_lens[index].long()
-            width = -(-max(metadata.seq_lens_cpu[i] for i in decodes) // block_size) * block_size
-            slots = _decode_slots(metadata.block_tables[index], seq_lens, block_size, width)
-            rows = torch.tensor([starts[i] for i in decodes], device=device)
-            plan = (decodes, rows, seq_lens, slots)
+            lens = [metadata.seq_lens_cpu[i] for i in decodes]
+            for members in group_by_length(lens):
+                seqs = [decodes[j] for j in members]
+                index = torch.tensor(seqs, device=device)
+                seq_lens = metadata.seq_lens[index].long()
+                width = -(-max(lens[j] for j in members) // block_size) * block_size
+                slots = _decode_slots(metadata.block_tables[index], seq_lens, block_size, width)
+                rows = torch.tensor([starts[i] for i in seqs], device=device)
+                groups.append((rows, seq_lens, slots))
+        plan = (decodes if groups else [], groups)
         metadata.memo["torch_decode_plan"] = plan
     return plan
 
@@ -136,20 +163,19 @@ def paged_attention_reference(
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
     """Causal attention of each request's queries over its cached context, in float32.
 
-    Single-token queries (decodes) run together in one batched product; prefill chunks run
-    one request at a time.
+    Single-token queries (decodes) run in batched products, one per group of similar context
+    length; prefill chunks run one request at a time.
     """
     num_heads = query.shape[1]
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
     starts = metadata.query_start_loc_cpu
-    decodes, rows, seq_lens, slots = _decode_plan(metadata, key_cache.shape[1])
-    batched = set()
-    if rows is not None:
+    decodes, groups = _decode_plan(metadata, key_cache.shape[1])
+    for rows, seq_lens, slots in groups:
         out[rows] = _decode_attention(query[rows], key_cache, value_cache, slots, seq_lens, scale,
                                       alibi_slopes, sliding_window, logits_soft_cap)
-        batched = set(decodes)
+    batched = set(decodes)
     for i, seq_len in enumerate(metadata.seq_lens_cpu):
         q_lo, q_hi = starts[i], starts[i + 1]
         query_len = q_hi - q_lo
