@@ -25,8 +25,8 @@ class TestTritonAttentionSuite(AttentionBackendSuite):
 
     backend_cls = TritonAttentionBackend
     device = DEVICE
-    if ON_CUDA:
-        block_sizes = (8, 16, 32)
+    if ON_CUDA:  # every distinct launch compiles (about a second each): keep them few
+        block_sizes = (16, 32)
         max_context = 300
         long_context = 2000
         num_decodes = 12
