@@ -130,3 +130,22 @@ def test_async_client_concurrent_requests(async_client, reference):
     results = asyncio.run(main())
     for prompt, result in zip(prompts, results):
         assert result.choices[0].text == greedy(reference, prompt, max_tokens=6).text
+
+
+def test_vllm_extra_fields_reach_the_engine(client, reference):
+    full = greedy(reference, PROMPT, max_tokens=8, ignore_eos=True)
+    stop_id = full.token_ids[3]
+    result = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0,
+                                       extra_body={"ignore_eos": True,
+                                                   "stop_token_ids": [stop_id]})
+    choice = result.choices[0]
+    first_stop = full.token_ids.index(stop_id)
+    assert choice.finish_reason == "stop" and choice.model_extra["stop_reason"] == stop_id
+    assert result.usage.completion_tokens == first_stop + 1
+    forced = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0,
+                                       logit_bias={"50": 100})
+    assert forced.choices[0].text.split() == ["w47"] * 4  # token 50 is the word w47
+    top_k_one = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, seed=1,
+                                          temperature=1.5, extra_body={"top_k": 1,
+                                                                       "ignore_eos": True})
+    assert top_k_one.choices[0].text == full.text  # top_k=1 is greedy at any temperature

@@ -58,8 +58,8 @@ def load_served_model(model: str | None, settings: ServerSettings, options: dict
     from octavo.entrypoints.async_llm import AsyncLLM
     from octavo_server.models import DEMO_MODEL_NAME, ServedModel
 
-    model = model if model is not None else ModelSettings().model  # OCTAVO_MODEL
     try:
+        model = model if model is not None else ModelSettings().model  # OCTAVO_MODEL
         llm = AsyncLLM(model, **{k: v for k, v in options.items() if v is not None})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from octavo.sampling_params import SamplingParams
 
@@ -202,8 +202,14 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(BaseModel):
+    """Only what changed: ``{"role": ...}`` first, then ``{"content": ...}``, ``{}`` at the end."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatStreamChoice(BaseModel):
