@@ -96,7 +96,11 @@ def test_bad_requests_get_clear_errors_while_a_stream_keeps_going(server):
 
 def test_models_tokenize_detokenize_health_version(server, client, reference):
     (card,) = client.models.list().data
-    assert card.id == MODEL and card.object == "model" and card.model_extra["max_model_len"] == CONTEXT
+    assert card.id == MODEL and card.object == "model"
+    assert card.model_extra["max_model_len"] == CONTEXT
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-17")
     tokens = post(server.base_url, "/tokenize", {"model": MODEL, "prompt": "w1 w2"}).json()
     assert tokens["tokens"] == list(reference.tokenizer("w1 w2").input_ids)
     assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == CONTEXT
@@ -151,3 +155,29 @@ def test_a_full_waiting_queue_answers_503_then_recovers(strict_server):
     ok = post(base, "/v1/completions", {"prompt": "w1", "max_tokens": 2}, auth)
     assert ok.status_code == 200
     assert_all_blocks_free(base)
+
+
+def test_an_engine_failure_is_a_500_or_an_error_event_and_the_server_recovers(tiny_folder):
+    served = tiny_model(tiny_folder, num_gpu_blocks_override=64)
+    background = start_server(served)
+    engine = served.llm.engine
+    step = engine.step
+
+    def broken_step():
+        raise RuntimeError("kernel exploded")
+
+    try:
+        engine.step = broken_step
+        failed = post(background.base_url, "/v1/completions", {"prompt": "w1", "max_tokens": 3})
+        assert_error(failed, 500, None, "kernel exploded")
+        with httpx.stream("POST", f"{background.url}/completions", timeout=30,
+                          json={"prompt": "w1", "max_tokens": 3, "stream": True}) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert "kernel exploded" in json.loads(events[0][len("data: "):])["error"]["message"]
+        assert events[-1] == "data: [DONE]"
+        engine.step = step
+        ok = post(background.base_url, "/v1/completions", {"prompt": "w1", "max_tokens": 3})
+        assert ok.status_code == 200
+        assert_all_blocks_free(background.base_url)
+    finally:
+        background.stop()

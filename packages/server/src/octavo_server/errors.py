@@ -95,6 +95,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, _validation_response)
 
+    @app.exception_handler(Exception)  # starlette re-raises it after, so uvicorn logs it
+    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody reads it; nginx's code for this case

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from octavo_server.chat import chat_token_ids
 from octavo_server.errors import APIError
+from octavo_server.models import ServedModel
 from octavo_server.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -22,11 +23,19 @@ from octavo_server.state import app_state
 router = APIRouter()
 
 
+def _card(model: ServedModel) -> ModelCard:
+    return ModelCard(id=model.name, created=model.created, root=model.source,
+                     max_model_len=model.max_model_len)
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[ModelCard(id=m.name, created=m.created, root=m.source,
-                                     max_model_len=m.max_model_len)
-                           for m in app_state(request).manager])
+    return ModelList(data=[_card(m) for m in app_state(request).manager])
+
+
+@router.get("/v1/models/{name:path}")
+async def retrieve_model(name: str, request: Request) -> ModelCard:
+    return _card(app_state(request).manager.get(name))
 
 
 @router.get("/health")
