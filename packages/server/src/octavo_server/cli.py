@@ -97,6 +97,8 @@ def run_server(served, settings: ServerSettings) -> None:
     config = uvicorn.Config(app, log_level=settings.log_level,
                             timeout_graceful_shutdown=settings.shutdown_timeout)
     server = uvicorn.Server(config)
-    # uvicorn re-raises the SIGTERM it handled once it is done; by then the shutdown was clean.
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    # uvicorn handles SIGTERM and Ctrl-C, then raises the signal again once it is done; by then
+    # the shutdown was clean, so that second delivery must not kill the process.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda *_: None)
     server.run(sockets=[sock])
