@@ -34,24 +34,6 @@ class SiluAndMul(nn.Module):
         return silu_and_mul(x)
 
 
-class GatedActivation(nn.Module):
-    """A gated activation chosen by HF's ``hidden_act`` name."""
-
-    def __init__(self, hidden_act: str) -> None:
-        super().__init__()
-        if hidden_act not in _GATED:
-            raise ValueError(f"unsupported gated activation {hidden_act!r}; "
-                             f"supported: {', '.join(sorted(_GATED))}")
-        self.hidden_act = hidden_act
-        self.fn = _GATED[hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return self.hidden_act
-
-
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU's tanh approximation (HF's ``gelu_new``, ``gelu_fast``, ``gelu_pytorch_tanh``)."""
     return F.gelu(x, approximate="tanh")
@@ -71,16 +53,26 @@ _PLAIN = {
 class Activation(nn.Module):
     """An elementwise activation chosen by HF's ``hidden_act`` / ``activation_function`` name."""
 
+    functions: dict = _PLAIN
+    kind = "activation"
+
     def __init__(self, hidden_act: str) -> None:
         super().__init__()
-        if hidden_act not in _PLAIN:
-            raise ValueError(f"unsupported activation {hidden_act!r}; "
-                             f"supported: {', '.join(sorted(_PLAIN))}")
+        if hidden_act not in self.functions:
+            raise ValueError(f"unsupported {self.kind} {hidden_act!r}; "
+                             f"supported: {', '.join(sorted(self.functions))}")
         self.hidden_act = hidden_act
-        self.fn = _PLAIN[hidden_act]
+        self.fn = self.functions[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
 
     def extra_repr(self) -> str:
         return self.hidden_act
+
+
+class GatedActivation(Activation):
+    """A gated activation chosen by HF's ``hidden_act`` name: ``[..., 2 * d] -> [..., d]``."""
+
+    functions = _GATED
+    kind = "gated activation"
