@@ -7,8 +7,9 @@
 - otherwise: per-head ``[q, k, v]``, ``num_attention_heads`` KV heads; ``parallel_attn``
   chooses parallel (one norm) or sequential blocks.
 
-``alibi=True`` checkpoints are refused: HF computes their ALiBi bias in bfloat16, which no
-float32 implementation reproduces.
+``alibi=True`` checkpoints (Falcon-RW) are refused: there is no reference to match. HF computes
+their ALiBi bias in bfloat16, and its eager attention adds the bias twice (once in the mask,
+once to the scores) where its SDPA path adds it once.
 """
 
 from __future__ import annotations

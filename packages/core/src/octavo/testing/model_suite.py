@@ -198,8 +198,9 @@ class ModelConformanceSuite:
             ``hf_config().architectures`` (set it when the checkpoint is converted, e.g. a
             remote-code layout built from a native HF model).
         engine_check: run the engine-level test (save, load with ``octavo.LLM``, generate).
-        engine_prompt_lens: prompt lengths of the engine test's batch; its first prompt shares
-            a prefix with one sent earlier, so the prefix cache is hit.
+        engine_prompt_lens: prompt lengths of the engine test's batch, except that the first
+            prompt is a warm-up prompt of that length, sent alone beforehand, plus 3 tokens (so
+            the prefix cache is hit).
         engine_options: keyword arguments of ``octavo.LLM`` (a small per-step token budget, so
             long prompts are chunked while others decode).
     """
