@@ -50,6 +50,21 @@ class TestFalconSequential(ModelConformanceSuite):
                             architectures=["FalconForCausalLM"])
 
 
+@pytest.mark.slow
+class TestFalconLarger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return FalconConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4,
+                            num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2,
+                            max_position_embeddings=512, architectures=["FalconForCausalLM"])
+
+
 def test_alibi_checkpoints_are_refused_with_a_reason():
     config = FalconConfig(**TINY, alibi=True, architectures=["FalconForCausalLM"])
     with pytest.raises(ValueError, match="alibi"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from transformers import GPT2Config
 
 from octavo.testing.model_suite import ModelConformanceSuite
@@ -23,6 +24,20 @@ class TestGPT2Variants(ModelConformanceSuite):
     def hf_config(self):
         return GPT2Config(**TINY, n_inner=96, activation_function="gelu",
                           scale_attn_by_inverse_layer_idx=True, tie_word_embeddings=False,
+                          architectures=["GPT2LMHeadModel"])
+
+
+@pytest.mark.slow
+class TestGPT2Larger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return GPT2Config(vocab_size=1000, n_embd=256, n_layer=4, n_head=4, n_positions=512,
                           architectures=["GPT2LMHeadModel"])
 
 

@@ -31,6 +31,21 @@ class TestGPTNeoXSequential(ModelConformanceSuite):
                              architectures=["GPTNeoXForCausalLM"])
 
 
+@pytest.mark.slow
+class TestGPTNeoXLarger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return GPTNeoXConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4,
+                             num_attention_heads=4, intermediate_size=512,
+                             max_position_embeddings=512, architectures=["GPTNeoXForCausalLM"])
+
+
 @pytest.mark.parametrize("changes", [
     lambda spec: {"rope": dataclasses.replace(spec.rope, rotary_dim=spec.head_dim)},
     lambda spec: {"parallel_residual": False},

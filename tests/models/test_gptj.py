@@ -19,6 +19,20 @@ class TestGPTJ(ModelConformanceSuite):
                           architectures=["GPTJForCausalLM"])
 
 
+@pytest.mark.slow
+class TestGPTJLarger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return GPTJConfig(vocab_size=1000, n_embd=256, n_layer=4, n_head=4, n_positions=512,
+                          rotary_dim=32, architectures=["GPTJForCausalLM"])
+
+
 @pytest.mark.parametrize("fields", [{"is_neox_style": True}, {"rotary_dim": 16}],
                          ids=["interleaved-rotary", "partial-rotary"])
 def test_feature_matters(assert_feature_matters, fields):

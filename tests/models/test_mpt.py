@@ -29,6 +29,20 @@ class TestMptClipSixHeads(ModelConformanceSuite):
                          architectures=["MptForCausalLM"])
 
 
+@pytest.mark.slow
+class TestMptLarger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return MptConfig(vocab_size=1000, d_model=256, n_layers=4, n_heads=4, max_seq_len=512,
+                         architectures=["MptForCausalLM"])
+
+
 @pytest.mark.parametrize("num_heads", [1, 4, 6, 12, 32])
 def test_slopes_equal_hf(num_heads):
     length = 5

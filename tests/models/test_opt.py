@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from transformers import OPTConfig
 
 from octavo.testing.model_suite import ModelConformanceSuite
@@ -25,6 +26,21 @@ class TestOPTPostNormProjected(ModelConformanceSuite):
     def hf_config(self):
         return OPTConfig(**TINY, word_embed_proj_dim=32, do_layer_norm_before=False,
                          architectures=["OPTForCausalLM"])
+
+
+@pytest.mark.slow
+class TestOPTLarger(ModelConformanceSuite):
+    """Head size 64, four layers, prompts past a hundred tokens."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+    def hf_config(self):
+        return OPTConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4, ffn_dim=512,
+                         num_attention_heads=4, max_position_embeddings=512,
+                         word_embed_proj_dim=256, architectures=["OPTForCausalLM"])
 
 
 def test_feature_matters(assert_feature_matters):
