@@ -1,4 +1,4 @@
-"""octavo_triton: Triton kernels for Octavo (paged attention, KV cache write).
+"""octavo_triton: Triton kernels for Octavo (paged attention, KV cache write, RMSNorm, rotary).
 
 Importing this package does not import Triton; ``octavo_triton.backend`` does.
 """

@@ -15,6 +15,18 @@ from octavo_triton.launch import interpreted
 
 
 @triton.jit
+def _load_input(x_ptr, residual_ptr, rows, col, mask, stride_x, stride_r,
+                HAS_RESIDUAL: tl.constexpr):
+    """A [rows, cols] tile of ``x`` (plus ``residual``, rounded to x's dtype as torch adds)."""
+    h = tl.load(x_ptr + rows[:, None] * stride_x + col[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(residual_ptr + rows[:, None] * stride_r + col[None, :], mask=mask,
+                    other=0.0)
+        h = (h.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return h
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr,
     num_rows, hidden, eps,
@@ -33,11 +45,8 @@ def _rms_norm_kernel(
     for start in range(0, hidden, BLOCK_H):
         col = start + cols
         mask = row_ok[:, None] & (col < hidden)[None, :]
-        h = tl.load(x_ptr + rows[:, None] * stride_x + col[None, :], mask=mask, other=0.0)
+        h = _load_input(x_ptr, residual_ptr, rows, col, mask, stride_x, stride_r, HAS_RESIDUAL)
         if HAS_RESIDUAL:
-            r = tl.load(residual_ptr + rows[:, None] * stride_r + col[None, :], mask=mask,
-                        other=0.0)
-            h = (h.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
             tl.store(sum_ptr + rows[:, None] * stride_s + col[None, :], h, mask=mask)
         h = h.to(tl.float32)
         sum_sq += tl.sum(h * h, axis=1)
@@ -47,11 +56,7 @@ def _rms_norm_kernel(
     for start in range(0, hidden, BLOCK_H):
         col = start + cols
         mask = row_ok[:, None] & (col < hidden)[None, :]
-        h = tl.load(x_ptr + rows[:, None] * stride_x + col[None, :], mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(residual_ptr + rows[:, None] * stride_r + col[None, :], mask=mask,
-                        other=0.0)
-            h = (h.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        h = _load_input(x_ptr, residual_ptr, rows, col, mask, stride_x, stride_r, HAS_RESIDUAL)
         normed = (h.to(tl.float32) * rstd[:, None]).to(x_ptr.dtype.element_ty)
         w = tl.load(weight_ptr + col, mask=col < hidden, other=0.0)
         out = w.to(tl.float32)[None, :] * normed.to(tl.float32)
