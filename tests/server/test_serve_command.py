@@ -94,15 +94,32 @@ def test_shutdown_aborts_what_outlives_the_grace_period(tiny_folder):
     served = tiny_model(tiny_folder, num_gpu_blocks_override=300)
     background = start_server(served, shutdown_timeout=0.2)
     reader = StreamReader(background.url, max_tokens=1000)
+    plain: list[int | str] = []
+
+    def plain_request():
+        body = {**reader.body, "stream": False}
+        try:
+            plain.append(httpx.post(f"{background.url}/completions", json=body,
+                                    timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            plain.append(type(exc).__name__)
+
+    waiter = threading.Thread(target=plain_request, daemon=True)
+    waiter.start()
     try:
         assert reader.first.wait(30)
-        assert served.stats().num_free_kv_blocks < 300
+        deadline = time.monotonic() + 10
+        while served.stats().num_running < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served.stats().num_running == 2
     finally:
         started = time.monotonic()
         background.stop()
         reader.join(30)
+        waiter.join(30)
     assert time.monotonic() - started < 10
     assert reader.lines[-1] == "(dropped)" and len(reader.lines) < 1000
+    assert len(plain) == 1 and plain[0] != 200  # uvicorn answers 500 or closes the connection
     engine = served.llm.engine
     assert not engine.has_unfinished_requests()
     kv = engine.core.scheduler.kv_cache

@@ -144,20 +144,22 @@ class Generation:
         return finals  # type: ignore[return-value]
 
     async def final_outputs_unless_disconnected(self, request: Request) -> list[RequestOutput]:
-        """``final_outputs()``, but a client that hangs up aborts the requests at once."""
+        """``final_outputs()``, but a client that hangs up (or a server that gives up on the
+        request while shutting down) aborts the engine requests at once."""
         work = asyncio.ensure_future(self.final_outputs())
         watch = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                raise ClientDisconnected
+            return work.result()
         finally:
             watch.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
             await self.aclose()
-            raise ClientDisconnected
-        return work.result()
 
     def choice_index(self, prompt_index: int, output_index: int) -> int:
         return prompt_index * self.n + output_index
