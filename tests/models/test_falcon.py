@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import FalconConfig
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 from octavo_models.falcon import FalconForCausalLM
 
 TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -51,13 +51,8 @@ class TestFalconSequential(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestFalconLarger(ModelConformanceSuite):
+class TestFalconLarger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return FalconConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import GPT2Config
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 
 TINY = dict(vocab_size=200, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
             eos_token_id=2)
@@ -28,13 +28,8 @@ class TestGPT2Variants(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestGPT2Larger(ModelConformanceSuite):
+class TestGPT2Larger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return GPT2Config(vocab_size=1000, n_embd=256, n_layer=4, n_head=4, n_positions=512,

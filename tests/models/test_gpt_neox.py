@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from transformers import GPTNeoXConfig
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 
 TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=96, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
@@ -32,13 +32,8 @@ class TestGPTNeoXSequential(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestGPTNeoXLarger(ModelConformanceSuite):
+class TestGPTNeoXLarger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return GPTNeoXConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4,

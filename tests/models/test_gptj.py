@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from transformers import GPTJConfig
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 
 
 class TestGPTJ(ModelConformanceSuite):
@@ -20,13 +20,8 @@ class TestGPTJ(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestGPTJLarger(ModelConformanceSuite):
+class TestGPTJLarger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return GPTJConfig(vocab_size=1000, n_embd=256, n_layer=4, n_head=4, n_positions=512,

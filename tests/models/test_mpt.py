@@ -7,7 +7,7 @@ import torch
 from transformers import MptConfig
 from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 from octavo_models.mpt import MptForCausalLM, mpt_alibi_slopes
 
 TINY = dict(vocab_size=200, n_layers=2, max_seq_len=64, bos_token_id=1, eos_token_id=2)
@@ -30,13 +30,8 @@ class TestMptClipSixHeads(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestMptLarger(ModelConformanceSuite):
+class TestMptLarger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return MptConfig(vocab_size=1000, d_model=256, n_layers=4, n_heads=4, max_seq_len=512,

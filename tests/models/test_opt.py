@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import OPTConfig
 
-from octavo.testing.model_suite import ModelConformanceSuite
+from octavo.testing.model_suite import LongPromptSuite, ModelConformanceSuite
 
 TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, ffn_dim=96,
             num_attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
@@ -29,13 +29,8 @@ class TestOPTPostNormProjected(ModelConformanceSuite):
 
 
 @pytest.mark.slow
-class TestOPTLarger(ModelConformanceSuite):
+class TestOPTLarger(LongPromptSuite):
     """Head size 64, four layers, prompts past a hundred tokens."""
-
-    prompt_lens = (60, 130, 17)
-    engine_prompt_lens = (40, 5, 120, 33)
-    num_blocks = 256
-    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
 
     def hf_config(self):
         return OPTConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4, ffn_dim=512,

@@ -427,4 +427,14 @@ class ModelConformanceSuite:
         assert kv.num_free_blocks == kv.num_blocks
 
 
+class LongPromptSuite(ModelConformanceSuite):
+    """The suite with prompts past a hundred tokens, and caches large enough to hold them
+    (for larger configs, typically marked slow)."""
+
+    prompt_lens = (60, 130, 17)
+    engine_prompt_lens = (40, 5, 120, 33)
+    num_blocks = 256
+    engine_options = dict(ModelConformanceSuite.engine_options, num_gpu_blocks_override=512)
+
+
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
