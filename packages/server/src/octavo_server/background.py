@@ -6,8 +6,8 @@ import socket
 import threading
 import time
 
-from octavo_server.app import create_app
 from octavo_server.models import ModelManager
+from octavo_server.server import DrainingServer
 from octavo_server.settings import ServerSettings
 
 
@@ -21,18 +21,13 @@ class BackgroundServer:
 
     def __init__(self, manager: ModelManager, settings: ServerSettings | None = None,
                  host: str = "127.0.0.1") -> None:
-        import uvicorn
-
-        self.settings = settings or ServerSettings()
-        self.app = create_app(manager, self.settings)
+        self._server = DrainingServer(manager, settings or ServerSettings(), log_level="warning")
+        self.app = self._server.config.app
         self._socket = socket.socket()
         self._socket.bind((host, 0))
         self.port = self._socket.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
         self.url = f"{self.base_url}/v1"
-        config = uvicorn.Config(self.app, log_level="warning",
-                                timeout_graceful_shutdown=self.settings.shutdown_timeout)
-        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [self._socket]}, daemon=True)
 

@@ -78,12 +78,9 @@ def load_served_model(model: str | None, settings: ServerSettings, options: dict
 def run_server(served, settings: ServerSettings) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish (or are aborted after
     ``shutdown_timeout``), then the process exits with status 0."""
-    import uvicorn
-
-    from octavo_server.app import create_app
     from octavo_server.models import ModelManager
+    from octavo_server.server import DrainingServer
 
-    app = create_app(ModelManager([served]), settings)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -94,9 +91,7 @@ def run_server(served, settings: ServerSettings) -> None:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     logger.info("serving %r at http://%s:%d/v1", served.name, shown_host, port)
-    config = uvicorn.Config(app, log_level=settings.log_level,
-                            timeout_graceful_shutdown=settings.shutdown_timeout)
-    server = uvicorn.Server(config)
+    server = DrainingServer(ModelManager([served]), settings)
     # uvicorn handles SIGTERM and Ctrl-C, then raises the signal again once it is done; by then
     # the shutdown was clean, so that second delivery must not kill the process.
     for handled in (signal.SIGTERM, signal.SIGINT):

@@ -99,6 +99,11 @@ class AsyncLLM:
         if queue is not None and output is not None:
             queue.put_nowait(output)
 
+    async def abort_all(self) -> None:
+        """Abort every request in flight; each stream ends with ``finish_reason == "abort"``."""
+        for request_id in list(self._queues):
+            await self.abort(request_id)
+
     def _ensure_loop(self) -> None:
         if self._wakeup is None:
             self._wakeup = asyncio.Event()

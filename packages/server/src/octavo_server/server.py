@@ -1,0 +1,41 @@
+"""uvicorn, with a shutdown that ends overdue requests cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+
+from octavo_server.app import create_app
+from octavo_server.models import ModelManager
+from octavo_server.settings import ServerSettings
+
+BACKSTOP_SECONDS = 5.0  # after the grace period and the aborts, uvicorn cancels what is left
+
+
+class DrainingServer(uvicorn.Server):
+    """On shutdown, in-flight requests get ``grace`` seconds to finish; then they are aborted,
+    so streams still end with ``finish_reason: "abort"`` and ``[DONE]`` and plain requests
+    return what they have, before uvicorn closes the connections."""
+
+    def __init__(self, manager: ModelManager, settings: ServerSettings,
+                 log_level: str | None = None) -> None:
+        self.manager = manager
+        self.grace = settings.shutdown_timeout
+        config = uvicorn.Config(create_app(manager, settings),
+                                log_level=log_level or settings.log_level,
+                                timeout_graceful_shutdown=self.grace + BACKSTOP_SECONDS)
+        super().__init__(config)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        drain = asyncio.ensure_future(self._abort_after_grace())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain.cancel()
+
+    async def _abort_after_grace(self) -> None:
+        await asyncio.sleep(self.grace)
+        for model in self.manager:
+            await model.llm.abort_all()
