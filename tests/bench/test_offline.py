@@ -77,14 +77,22 @@ def test_latency_splits_prefill_from_decode_steps(folder, tmp_path):
     result = CliRunner().invoke(cli, [
         "bench", "latency", "-m", str(folder), "--device", "cpu", "--batch-size", "3",
         "--input-len", "5", "--output-len", "4", "--num-iters", "2", "--num-warmup", "0",
-        "--no-progress", "--json", "-o", str(out)])
+        "--compare", "hf", "--no-progress", "-o", str(out)])
     assert result.exit_code == 0, result.output
+    assert "octavo / hf (p50): prefill" in result.output
     report = json.loads(out.read_text())
-    assert report["decode_step_ms"]["count"] == 2 * 3
-    assert report["prefill_ms"]["count"] == 2
-    assert report["decode_tokens_per_s"] == pytest.approx(
-        3 / (report["decode_step_ms"]["mean"] / 1e3))
-    assert report["prefill_tokens_per_s"] == pytest.approx(15 / (report["prefill_ms"]["mean"] / 1e3))
+    assert [e["engine"] for e in report["engines"]] == ["octavo", "hf"]
+    for engine in report["engines"]:
+        assert engine["decode_step_ms"]["count"] == 2 * 3
+        assert engine["prefill_ms"]["count"] == 2
+        assert engine["decode_tokens_per_s"] == pytest.approx(
+            3 / (engine["decode_step_ms"]["mean"] / 1e3))
+        assert engine["prefill_tokens_per_s"] == pytest.approx(
+            15 / (engine["prefill_ms"]["mean"] / 1e3))
+    octavo, hf = report["engines"]
+    (ratio,) = report["ratios"]
+    assert ratio["prefill_speedup"] == pytest.approx(
+        hf["prefill_ms"]["p50"] / octavo["prefill_ms"]["p50"])
 
 
 def test_latency_rejects_bad_iteration_counts(folder):

@@ -119,7 +119,7 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
                hf_batch_size, llama_gguf, random_llama, threads, as_json, output, progress,
                **options):
     """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
-    from octavo.bench.engines import HFEngine, LlamaCppEngine, OctavoEngine
+    from octavo.bench.engines import LlamaCppEngine, OctavoEngine
     from octavo.bench.report import emit
     from octavo.bench.throughput import format_throughput, run_throughput
 
@@ -138,11 +138,7 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
     engines = [OctavoEngine(model, **options)]
     for peer in dict.fromkeys(peers):
         if peer == "hf":
-            dtype = options.get("dtype", "auto")
-            engines.append(HFEngine(model, batch_size=hf_batch_size,
-                                    dtype="float32" if dtype == "auto" else dtype,
-                                    device="cpu" if options.get("device", "auto") == "auto"
-                                    else options["device"]))
+            engines.append(hf_engine(model, options, hf_batch_size))
         else:
             gguf = llama_gguf or _model_gguf(model)
             n_ctx = -(-max(r.total_len for r in requests) // 256) * 256
@@ -153,6 +149,20 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     emit(report, format_throughput(report), as_json=as_json, output=output)
+
+
+def hf_engine(model: str | None, options: dict[str, Any], batch_size: int):
+    """HF transformers on the device and dtype the Octavo engine options ask for."""
+    from octavo.bench.engines import HFEngine
+
+    dtype, device = options.get("dtype", "auto"), options.get("device", "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    return HFEngine(model, batch_size=batch_size, dtype=dtype, device=device)
 
 
 def _model_gguf(model: str | None) -> str:
@@ -175,14 +185,15 @@ def _model_gguf(model: str | None) -> str:
 @click.option("--num-warmup", type=int, default=1, show_default=True)
 @click.option("--workload-seed", "workload_seed", type=int, default=0, show_default=True,
               help="Seed of the prompts.")
+@click.option("--compare", "peers", type=click.Choice(["hf"]), multiple=True,
+              help="Also time HF generate on the same padded batch.")
 @click.option("--threads", type=int, default=None, help="Torch threads.")
 @output_options
 @engine_options
 def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, workload_seed,
-            threads,
-            as_json, output, progress, **options):
+            peers, threads, as_json, output, progress, **options):
     """Time one batch: its prefill, then each decode step."""
-    from octavo.bench.latency import format_latency, run_latency
+    from octavo.bench.latency import format_latency, run_latency, time_batch
     from octavo.bench.report import emit
     from octavo.commands import build_llm
 
@@ -191,8 +202,13 @@ def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, wor
                                               output_len, workload_seed)
     description["threads"] = threads
     llm = build_llm(model, options)
+    timers = {"octavo": functools.partial(time_batch, llm.engine)}
+    if "hf" in peers:
+        hf = hf_engine(model, engine_kwargs(options), batch_size)
+        hf.load()
+        timers["hf"] = hf.time_batch
     try:
-        report = run_latency(llm.engine, requests, num_iters=num_iters, num_warmup=num_warmup,
+        report = run_latency(timers, requests, num_iters=num_iters, num_warmup=num_warmup,
                              workload=description, progress=progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -208,7 +208,25 @@ class HFEngine:
         # The padded cache of each batch holds every row at the batch's full width.
         return Generation(outputs, KVUsage(sum(ratios) / len(ratios), stored / slots))
 
-    def _batch(self, batch: list[BenchRequest]) -> list[list[int]]:
+    def time_batch(self, batch: list[BenchRequest]) -> tuple[float, list[float]]:
+        """(prefill seconds, decode step seconds) of one padded batch: what a server that
+        batches its requests with HF ``generate`` gives as TTFT and time per output token."""
+        import time
+
+        from transformers import LogitsProcessor
+
+        stamps: list[float] = []
+
+        class Stamp(LogitsProcessor):  # runs once per generated token, after the forward
+            def __call__(self, input_ids, scores):
+                stamps.append(time.perf_counter())
+                return scores
+
+        start = time.perf_counter()
+        self._batch(batch, logits_processor=[Stamp()])
+        return stamps[0] - start, [b - a for a, b in zip(stamps, stamps[1:])]
+
+    def _batch(self, batch: list[BenchRequest], **generate_kwargs) -> list[list[int]]:
         import torch
 
         width = max(r.prompt_len for r in batch)
@@ -219,7 +237,7 @@ class HFEngine:
                             device=self.device)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
-                                      min_new_tokens=new)
+                                      min_new_tokens=new, **generate_kwargs)
         return [row[width:width + r.output_len] for row, r in zip(out.tolist(), batch)]
 
     def describe(self) -> dict[str, Any]:
