@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -68,6 +69,10 @@ def patch_interpreter() -> None:
 
     builder = interpreter.InterpreterBuilder
     if getattr(builder, "octavo_patched", False):
+        return
+    if not all(hasattr(builder, name) for name in ("create_dot", "cast_impl")):
+        warnings.warn("this Triton's interpreter has no create_dot/cast_impl to patch: bfloat16 "
+                      "results under TRITON_INTERPRET=1 may differ from a GPU's", stacklevel=2)
         return
     original_dot, original_cast = builder.create_dot, builder.cast_impl
 
