@@ -6,9 +6,12 @@ import asyncio
 import time
 
 import httpx
+import openai
 import pytest
 
-from .conftest import MODEL, assert_all_blocks_free, scrape
+from octavo import SamplingParams
+
+from .conftest import MODEL, assert_all_blocks_free, scrape, start_server, tiny_model
 
 
 def test_64_concurrent_streams_complete_and_free_every_block(server, async_client):
@@ -113,3 +116,26 @@ def test_a_client_that_gives_up_on_a_plain_request_aborts_it(server):
     assert after["octavo_generation_tokens_total"] - before["octavo_generation_tokens_total"] \
         < 1000
     assert_all_blocks_free(server.base_url)
+
+
+def test_preemptions_are_counted_and_every_request_still_completes(tiny_folder, reference):
+    served = tiny_model(tiny_folder, num_gpu_blocks_override=12)  # 48 tokens of KV cache
+    background = start_server(served)
+    try:
+        client = openai.AsyncOpenAI(base_url=background.url, api_key="unused", max_retries=0)
+
+        async def main():
+            return await asyncio.gather(*(client.completions.create(
+                model=MODEL, prompt=f"w{i} w2 w3", max_tokens=20, temperature=0,
+                extra_body={"ignore_eos": True}) for i in range(3)))
+
+        results = asyncio.run(main())
+        assert [r.usage.completion_tokens for r in results] == [20, 20, 20]
+        greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+        expected = reference.generate([f"w{i} w2 w3" for i in range(3)], greedy, use_tqdm=False)
+        assert [r.choices[0].text for r in results] == [e.outputs[0].text for e in expected]
+        values = scrape(background.base_url)
+        assert values["octavo_num_preemptions_total"] >= 1
+        assert_all_blocks_free(background.base_url)
+    finally:
+        background.stop()
