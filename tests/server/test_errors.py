@@ -47,6 +47,8 @@ CASES = [
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "w1"}]}, 400,
      "messages[0].role", "system"),
     ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, None, "logprobs"),
+    ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs", "20"),
     ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 0}, 400,
      "max_completion_tokens", ">= 1"),
     ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": CONTEXT}, 400,

@@ -75,7 +75,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs), field)
+    params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs),
+                             {"max_tokens": field, "logprobs": "top_logprobs"})
     check_context(model, prompt, max_tokens, field, "messages")
     generation = await Generation.start(model, state.metrics, [prompt], params, body.priority)
     response_id = random_id("chatcmpl")

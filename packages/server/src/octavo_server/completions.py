@@ -52,7 +52,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     prompts = [process_prompt(model, p) for p in _prompt_list(body.prompt)]
     echo_logprobs = body.logprobs if body.echo else None
     params = sampling_params(lambda: body.sampling_params(body.max_tokens, body.logprobs,
-                                                          echo_logprobs), "max_tokens")
+                                                          echo_logprobs))
     for prompt in prompts:
         check_context(model, prompt, body.max_tokens, "max_tokens", "prompt")
     generation = await Generation.start(model, state.metrics, prompts, params, body.priority)

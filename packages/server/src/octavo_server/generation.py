@@ -59,14 +59,14 @@ def check_context(model: ServedModel, prompt: Prompt, max_tokens: int | None,
         f"{max_tokens_field}", param=max_tokens_field, code="context_length_exceeded")
 
 
-def sampling_params(build, max_tokens_field: str) -> SamplingParams:
-    """Call ``build()`` (which makes SamplingParams); a bad value is a 400 naming the field."""
+def sampling_params(build, api_names: dict[str, str] | None = None) -> SamplingParams:
+    """Call ``build()`` (which makes SamplingParams); a bad value is a 400 naming the field,
+    by its API name where the route calls it something else (``api_names``)."""
     try:
         return build()
     except ValueError as exc:
         error = bad_request(exc, SAMPLING_FIELDS)
-        if error.param == "max_tokens":
-            error.param = max_tokens_field
+        error.param = (api_names or {}).get(error.param, error.param)
         raise error from exc
 
 
