@@ -37,7 +37,8 @@ def test_timings_match_the_server_schedule(fake_server):
     # two waves of two requests, each at least 130 ms
     assert duration >= 2 * (0.05 + 4 * 0.02) * 0.8
     body = server.bodies[0]
-    assert body["stream"] is True and body["ignore_eos"] is True and body["max_tokens"] == 5
+    assert body["stream"] is True and body["ignore_eos"] is True
+    assert body["max_tokens"] == body["min_tokens"] == 5
     assert body["prompt"] in [list(r.prompt_token_ids) for r in requests]
 
 

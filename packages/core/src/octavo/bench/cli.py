@@ -235,7 +235,7 @@ def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, wor
               help="Requests in flight at most; repeat to sweep (one run per value).")
 @click.option("--request-timeout", type=float, default=600.0, show_default=True)
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
-              help="Ask the server to ignore EOS (vLLM, llama.cpp and Octavo honour it).")
+              help="Ask for exactly --output-len tokens: sends ignore_eos and min_tokens.")
 @click.option("--extra-body", default=None, help="JSON object merged into every request.")
 @click.option("--label", default=None, help="Name of the server in the report and plots.")
 @output_options

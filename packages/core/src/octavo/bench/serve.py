@@ -47,15 +47,16 @@ def format_serve(report: dict[str, Any]) -> str:
     rows = []
     for run in report["runs"]:
         rows.append((run["max_concurrency"] or "inf", run["request_rate"] or "inf",
-                     run["completed"], run["failed"], run["request_throughput"],
+                     run["completed"], run["failed"], run["short_outputs"],
+                     run["request_throughput"],
                      run["output_token_throughput"], *_p(run["ttft_ms"]), *_p(run["tpot_ms"]),
                      *_p(run["itl_ms"]), *_p(run["e2e_ms"]),
                      f"{run['load_before']:.2f}->{run['load_after']:.2f}"))
     lines.append(format_table(
-        ("concurrency", "rate", "ok", "failed", "req/s", "out tok/s",
+        ("concurrency", "rate", "ok", "failed", "short", "req/s", "out tok/s",
          "TTFT mean", "p50", "p90", "p99", "TPOT mean", "p50", "p90", "p99",
          "ITL mean", "p50", "p90", "p99", "E2E mean", "p50", "p90", "p99", "load"), rows))
-    lines.append("(latencies in ms)")
+    lines.append("(latencies in ms; short: completed with fewer tokens than asked)")
     for run in report["runs"]:
         for message, count in run["errors"].items():
             lines.append(f"concurrency {run['max_concurrency'] or 'inf'}: {count} x {message}")

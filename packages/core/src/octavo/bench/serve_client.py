@@ -92,8 +92,9 @@ def request_body(options: ServeOptions, prompt: str | list[int], max_tokens: int
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
-    if options.ignore_eos:
+    if options.ignore_eos:  # vLLM and Octavo read ignore_eos, llama-cpp-python min_tokens
         body["ignore_eos"] = True
+        body["min_tokens"] = max_tokens
     return {**body, **options.extra_body}
 
 
