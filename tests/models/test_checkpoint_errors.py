@@ -9,6 +9,8 @@ import json
 import weakref
 
 import pytest
+import torch
+from octavo_example_plugin.quantization import Int8WeightOnlyMethod, quantize_int8
 from safetensors.torch import load_file, save_file
 from transformers import (
     FalconConfig,
@@ -20,7 +22,9 @@ from transformers import (
 )
 
 from octavo import LLM
+from octavo.layers.linear import LinearBase
 from octavo.model_loader import loader
+from octavo.modeling import ModelContext
 from octavo.testing.model_suite import ModelConformanceSuite, hf_logits
 from octavo.testing.tiny_models import save_word_tokenizer
 from octavo_models.weight_map import MissingWeightError
@@ -195,3 +199,47 @@ def test_missing_lm_head_bias_is_named():
     del state["lm_head.bias"]
     with pytest.raises(MissingWeightError, match=r"lm_head\.bias"):
         suite.build_model(CONFIGS["gptj"]).load_weights(state.items())
+
+
+QUANTIZED_LINEARS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight",
+                     "fc1.weight", "fc2.weight")
+
+
+def _int8_model(suite, config):
+    ctx = ModelContext(attention_backend=suite.attention_backend,
+                       quantization=Int8WeightOnlyMethod())
+    return type(suite.build_model(config))(config, ctx).eval()
+
+
+def test_quantized_linears_load_through_the_same_rules():
+    """A quantization method's own tensors (the example plugin's int8 ``qweight`` and
+    ``scales``) reach its parameters through the family's name map; the model then matches
+    HF running the dequantized weights."""
+    suite = _Suite("opt")
+    config = suite.hf_config()
+    hf_model = suite.build_hf_model(config)
+    checkpoint = {}
+    for name, tensor in _state(hf_model).items():
+        if not name.endswith(QUANTIZED_LINEARS):
+            checkpoint[name] = tensor
+            continue
+        qweight, scales = quantize_int8(tensor)
+        checkpoint[name.replace(".weight", ".qweight")] = qweight
+        checkpoint[name.replace(".weight", ".scales")] = scales
+        hf_model.get_parameter(name).data.copy_(qweight.float() * scales[:, None])
+    model = _int8_model(suite, config)
+    model.load_weights(checkpoint.items())
+    linears = [m for m in model.modules() if isinstance(m, LinearBase)]
+    assert len(linears) == 8 and {m.quant_method.name for m in linears} == {"example_int8"}
+    suite.check_prefill(hf_model, model, suite.prompts(config))
+
+
+@pytest.mark.parametrize("family, tensor", [
+    ("gpt2", "transformer.h.0.attn.c_attn.qweight"),
+    ("gpt_neox", "gpt_neox.layers.0.attention.query_key_value.qweight"),
+])
+def test_quantized_tensors_are_refused_where_the_layout_is_converted(family, tensor):
+    suite = _Suite(family)
+    model = _int8_model(suite, suite.hf_config())
+    with pytest.raises(ValueError, match=tensor.replace(".", r"\.") + ".*only dense"):
+        model.load_weights([(tensor, torch.zeros(1, dtype=torch.int8))])

@@ -78,6 +78,7 @@ def test_rule_templates_map_both_ways():
     match = rule.match_source("transformer.h.12.ln_1.bias")
     assert match and match.groupdict() == {"i": "12", "p": "bias"}
     assert rule.match_source("transformer.h.x.ln_1.bias") is None
-    assert rule.match_source("transformer.h.1.ln_1.scale") is None
+    assert rule.match_source("transformer.h.1.ln_1.qweight")  # a quantization method's tensor
+    assert rule.match_source("transformer.h.1.ln_1.weight.extra") is None
     assert rule.source_of("layers.3.attn_norm.weight") == "transformer.h.3.ln_1.weight"
     assert rule.source_of("layers.3.mlp_norm.weight") is None

@@ -33,9 +33,9 @@ class GPTJForCausalLM(DecoderForCausalLM):
         return [
             WeightRule("transformer.wte.weight", "embed_tokens.weight"),
             WeightRule(f"{h}.ln_1.{{p}}", "layers.{i}.attn_norm.{p}"),
-            *(WeightRule(f"{h}.attn.{x}_proj.weight", "layers.{i}.attn.qkv_proj.weight",
+            *(WeightRule(f"{h}.attn.{x}_proj.{{p}}", "layers.{i}.attn.qkv_proj.{p}",
                          shard=x) for x in "qkv"),
-            WeightRule(f"{h}.attn.out_proj.weight", "layers.{i}.attn.o_proj.weight"),
+            WeightRule(f"{h}.attn.out_proj.{{p}}", "layers.{i}.attn.o_proj.{p}"),
             WeightRule(f"{h}.mlp.fc_in.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
             WeightRule(f"{h}.mlp.fc_out.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
             WeightRule("transformer.ln_f.{p}", "norm.{p}"),

@@ -62,13 +62,13 @@ class MptForCausalLM(DecoderForCausalLM):
         b = "transformer.blocks.{i}"
         return [
             WeightRule("transformer.wte.weight", "embed_tokens.weight"),
-            WeightRule(f"{b}.norm_1.weight", "layers.{i}.attn_norm.weight"),
-            WeightRule(f"{b}.attn.Wqkv.weight", "layers.{i}.attn.qkv_proj.weight"),
-            WeightRule(f"{b}.attn.out_proj.weight", "layers.{i}.attn.o_proj.weight"),
-            WeightRule(f"{b}.norm_2.weight", "layers.{i}.mlp_norm.weight"),
-            WeightRule(f"{b}.ffn.up_proj.weight", "layers.{i}.mlp.up_proj.weight"),
-            WeightRule(f"{b}.ffn.down_proj.weight", "layers.{i}.mlp.down_proj.weight"),
-            WeightRule("transformer.norm_f.weight", "norm.weight"),
+            WeightRule(f"{b}.norm_1.{{p}}", "layers.{i}.attn_norm.{p}"),
+            WeightRule(f"{b}.attn.Wqkv.{{p}}", "layers.{i}.attn.qkv_proj.{p}"),
+            WeightRule(f"{b}.attn.out_proj.{{p}}", "layers.{i}.attn.o_proj.{p}"),
+            WeightRule(f"{b}.norm_2.{{p}}", "layers.{i}.mlp_norm.{p}"),
+            WeightRule(f"{b}.ffn.up_proj.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
+            WeightRule(f"{b}.ffn.down_proj.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
+            WeightRule("transformer.norm_f.{p}", "norm.{p}"),
             WeightRule("lm_head.weight",
                        None if self.spec.tie_word_embeddings else "lm_head.weight"),
         ]

@@ -40,8 +40,8 @@ class OPTForCausalLM(DecoderForCausalLM):
         return [
             WeightRule(f"{d}.embed_tokens.weight", "embed_tokens.weight"),
             WeightRule(f"{d}.embed_positions.weight", "embed_positions.weight"),
-            WeightRule(f"{d}.project_in.weight", "project_in.weight"),
-            WeightRule(f"{d}.project_out.weight", "project_out.weight"),
+            WeightRule(f"{d}.project_in.{{p}}", "project_in.{p}"),
+            WeightRule(f"{d}.project_out.{{p}}", "project_out.{p}"),
             WeightRule(f"{layer}.self_attn_layer_norm.{{p}}", "layers.{i}.attn_norm.{p}"),
             *(WeightRule(f"{layer}.self_attn.{x}_proj.{{p}}", "layers.{i}.attn.qkv_proj.{p}",
                          shard=x) for x in "qkv"),

@@ -1,7 +1,8 @@
 """Checkpoint name maps: HF tensor names (and fused layouts) onto a model's parameters.
 
 A family lists :class:`WeightRule` s whose names are templates: ``{i}`` stands for a layer
-index and ``{p}`` for ``weight`` or ``bias``. For example::
+index and ``{p}`` for a parameter's own name (``weight``, ``bias``, or what a quantization
+method stores, such as ``qweight`` and ``scales``). For example::
 
     WeightRule("transformer.h.{i}.attn.c_attn.{p}", "layers.{i}.attn.qkv_proj.{p}",
                transform=conv1d_to_linear)
@@ -22,7 +23,8 @@ from torch import nn
 
 from octavo.layers import UnknownWeightError, default_weight_loader
 
-_FIELDS = {"i": r"\d+", "p": "weight|bias"}
+_FIELDS = {"i": r"\d+", "p": r"[A-Za-z_]\w*"}
+DENSE_LEAVES = ("weight", "bias")  # what layout transforms are written for
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -39,7 +41,9 @@ class WeightRule:
     Attributes:
         target: None means the tensor is known but not used (buffers some checkpoints carry).
         shard: the shard id of a merged parameter (``"q"``, ``"k"``, ``"v"``, or an index).
-        transform: applied to the checkpoint tensor first (a transpose, a head reordering).
+        transform: applied to the checkpoint tensor first (a transpose, a head reordering);
+            written for dense ``weight`` and ``bias`` tensors, so other (quantized) tensors
+            through a transforming rule are refused.
     """
 
     source: str
@@ -96,6 +100,9 @@ def load_mapped_weights(
         loader = getattr(param, "weight_loader", default_weight_loader)
         try:
             if rule.transform is not None:
+                if target.rsplit(".", 1)[-1] not in DENSE_LEAVES:
+                    raise ValueError("only dense weight and bias tensors can be converted from "
+                                     "this checkpoint layout")
                 tensor = rule.transform(tensor)
             if rule.shard is None:
                 loader(param, tensor)
