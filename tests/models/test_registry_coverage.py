@@ -30,8 +30,14 @@ def _item(cls, nodeid="tests/x.py::Cls"):
     return SimpleNamespace(cls=cls, parent=SimpleNamespace(nodeid=nodeid))
 
 
+class _BrokenConfig(ModelConformanceSuite):
+    def hf_config(self):
+        raise RuntimeError("broken")
+
+
 def test_coverage_is_read_from_the_collected_suite_classes():
-    items = [_item(_VerifiesGPT2), _item(_VerifiesGPT2), _item(None), _item(int)]
+    items = [_item(_VerifiesGPT2), _item(_VerifiesGPT2), _item(None), _item(int),
+             _item(_BrokenConfig, "tests/x.py::TestBroken")]
     assert collect_coverage(items) == {"GPT2LMHeadModel": ["tests/x.py::Cls"]}
 
 

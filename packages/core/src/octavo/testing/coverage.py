@@ -36,7 +36,11 @@ def collect_coverage(items: Iterable[pytest.Item]) -> Coverage:
                if isinstance(getattr(item, "cls", None), type)
                and issubclass(item.cls, ModelConformanceSuite)}
     for cls, nodeid in classes.items():
-        for arch in cls.verified_architectures():
+        try:
+            archs = cls.verified_architectures()
+        except Exception:  # noqa: BLE001 - a broken hf_config fails the class's own tests
+            continue
+        for arch in archs:
             coverage.setdefault(arch, []).append(nodeid)
     return coverage
 
