@@ -206,3 +206,35 @@ def test_random_add_step_abort_streams_end_with_every_block_free(data):
     assert not sched.has_unfinished_requests()
     assert sched.kv_cache.num_free_blocks == num_blocks
     assert all(b.ref_cnt == 0 for b in sched.kv_cache.pool.blocks)
+
+
+def test_running_request_reclaims_blocks_held_by_waiting_forked_siblings():
+    """Regression (found by hypothesis): a lone running request whose blocks are held by
+    waiting forked siblings used to preempt itself forever; the siblings give them up."""
+    sched = make_scheduler(7, caching=False, max_num_batched_tokens=4, max_num_seqs=3,
+                           max_model_len=40)
+
+    def add(req_id, n, fork=False):
+        req = make_request(req_id, n, max_tokens=1)
+        if fork:
+            req.fork_children = [make_request(f"{req_id}#{i}", 0) for i in range(2)]
+            for child in req.fork_children:
+                child.prompt_token_ids = list(req.prompt_token_ids)
+        sched.add_request(req)
+
+    for req_id in ("a", "b", "c"):
+        add(req_id, 1)
+    run_step(sched)
+    add("long", 18, fork=True)
+    run_step(sched)
+    sched.abort_requests(["long"])  # its first sibling inherits the other and recomputes
+    for _ in range(4):
+        run_step(sched)
+    add("d", 1)
+    add("e", 1, fork=True)
+    for _ in range(200):
+        if not sched.has_unfinished_requests():
+            break
+        run_step(sched)
+    assert not sched.has_unfinished_requests()
+    assert sched.kv_cache.num_free_blocks == 7

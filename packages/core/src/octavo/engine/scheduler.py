@@ -122,6 +122,8 @@ class ContinuousBatchingScheduler(Scheduler):
                 continue
             while not self.kv_cache.allocate_slots(request, num_new):
                 victim = self.waiting.victim(self.running)
+                if victim is request and self._release_waiting_blocks(keep=None):
+                    continue  # waiting forked siblings held the blocks it needs
                 if self.running.index(victim) < index:  # already scheduled this step
                     index -= 1
                     budget += scheduled.pop(self._position(scheduled, victim))[1]
@@ -169,7 +171,7 @@ class ContinuousBatchingScheduler(Scheduler):
     def _exceeds_cache(self, num_tokens: int) -> bool:
         return -(-num_tokens // self.kv_cache.block_size) > self.kv_cache.num_blocks
 
-    def _release_waiting_blocks(self, keep: Request) -> bool:
+    def _release_waiting_blocks(self, keep: Request | None) -> bool:
         """Free the blocks of waiting requests other than ``keep``; True if any were held."""
         released = False
         for request in list(self.waiting):
