@@ -149,3 +149,5 @@ def test_fallback_to_torch_is_logged_with_its_reason(monkeypatch, caplog):
     assert "'triton' (priority 10) not used" in caplog.text and reason in caplog.text
     with pytest.raises(ValueError, match="interpreter is off"):
         select_attention_backend("cpu", torch.float32, 64, name="triton")
+    with pytest.raises(ValueError, match="'torch': dtype torch.int8 is not supported"):
+        select_attention_backend("cpu", torch.int8, 64)  # no backend: every reason is given
