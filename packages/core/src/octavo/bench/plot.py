@@ -24,11 +24,18 @@ def plot_throughput(report_files: list[str], output: str, title: str | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ticks: set[int] = set()
     for name in report_files:
         label, xs, ys = concurrency_series(json.loads(Path(name).read_text()))
         ax.plot(xs, ys, marker="o", label=label)
+        ticks.update(xs)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrent requests")
     ax.set_ylabel("output tokens / s")
     ax.set_title(title or "Serving throughput against concurrency")
