@@ -91,6 +91,20 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="req", disable=not enabled, leave=False)
 
 
+def add_bench_requests(engine, requests: list[BenchRequest]) -> list[str]:
+    """Queue ``requests`` on an ``LLMEngine``: greedy, EOS ignored; their request ids."""
+    from octavo.sampling_params import SamplingParams
+
+    ids = []
+    for request in requests:
+        request_id = engine.next_request_id()
+        engine.add_request(request_id, list(request.prompt_token_ids),
+                           SamplingParams(temperature=0, max_tokens=request.output_len,
+                                          ignore_eos=True))
+        ids.append(request_id)
+    return ids
+
+
 class OctavoEngine:
     """Octavo's offline engine, stepped directly so the KV cache can be sampled every step."""
 
@@ -114,18 +128,10 @@ class OctavoEngine:
         return self._run(requests, progress)
 
     def _run(self, requests: list[BenchRequest], progress: bool) -> Generation:
-        from octavo.sampling_params import SamplingParams
-
         engine = self.llm.engine
         scheduler = engine.core.scheduler
         kv = scheduler.kv_cache
-        ids = []
-        for request in requests:
-            request_id = engine.next_request_id()
-            engine.add_request(request_id, list(request.prompt_token_ids),
-                               SamplingParams(temperature=0, max_tokens=request.output_len,
-                                              ignore_eos=True))
-            ids.append(request_id)
+        ids = add_bench_requests(engine, requests)
         finished: dict[str, list[int]] = {}
         ratios, peak = [], (0, 1)
         with progress_bar(len(requests), "octavo", progress) as bar:

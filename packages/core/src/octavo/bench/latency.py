@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from octavo.bench.engines import add_bench_requests
 from octavo.bench.machine import LoadWindow, machine_info
 from octavo.bench.report import format_machine, format_table
 from octavo.bench.stats import summarize
@@ -26,17 +27,9 @@ from octavo.bench.workload import BenchRequest
 def time_batch(engine, requests: list[BenchRequest]) -> tuple[float, list[float]]:
     """(prefill seconds, decode step seconds) of one pass of ``requests`` through ``engine``
     (an ``LLMEngine`` with nothing else in flight)."""
-    from octavo.sampling_params import SamplingParams
-
     if engine.has_unfinished_requests():
         raise RuntimeError("the engine has requests in flight; latency needs it idle")
-    waiting_first = set()
-    for request in requests:
-        request_id = engine.next_request_id()
-        engine.add_request(request_id, list(request.prompt_token_ids),
-                           SamplingParams(temperature=0, max_tokens=request.output_len,
-                                          ignore_eos=True))
-        waiting_first.add(request_id)
+    waiting_first = set(add_bench_requests(engine, requests))
     prefill, steps = None, []
     start = time.perf_counter()
     while engine.has_unfinished_requests():

@@ -23,7 +23,6 @@ def plot_throughput(report_files: list[str], output: str, title: str | None = No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
