@@ -114,3 +114,9 @@ def test_throughput_beside_llama_cpp_on_the_demo_model(tmp_path):
     report = json.loads(out.read_text())
     assert report["engines"][1]["details"]["gguf"].endswith(".F32.gguf")
     assert report["ratios"][0]["identical_outputs"] == 3
+
+
+def test_random_llama_and_model_are_exclusive(folder):
+    result = CliRunner().invoke(cli, ["bench", "throughput", "-m", str(folder),
+                                      "--random-llama", "135m", "--no-progress"])
+    assert result.exit_code == 2 and "--model or --random-llama" in result.output
