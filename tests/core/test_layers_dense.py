@@ -8,7 +8,7 @@ from octavo.layers.dense import CPU_BLOCK, CPU_SPLIT_ABOVE, dense_linear
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64])
-@pytest.mark.parametrize("out_features", [CPU_SPLIT_ABOVE, CPU_SPLIT_ABOVE + 1, 3 * CPU_BLOCK + 5])
+@pytest.mark.parametrize("out_features", [CPU_SPLIT_ABOVE, CPU_SPLIT_ABOVE + 1, CPU_SPLIT_ABOVE + CPU_BLOCK + 5])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_f_linear(rows, out_features, bias):
     g = torch.Generator().manual_seed(rows * out_features)
