@@ -62,7 +62,7 @@ def build_engine_core(loaded, cache: CacheSettings, sched: SchedulerSettings,
     """Wire the loaded model to a KV cache, a cache manager and a scheduler from the registries."""
     activations = estimate_activation_bytes(loaded.hf_config, sched, loaded.dtype)
     num_blocks = num_kv_blocks(cache, loaded.kv_spec, loaded.dtype, loaded.device, activations)
-    logger.info("KV cache: %d blocks of %d tokens", num_blocks, cache.block_size)
+    logger.debug("KV cache: %d blocks of %d tokens", num_blocks, cache.block_size)
     kv_caches = allocate_kv_caches(loaded.kv_spec, num_blocks, cache.block_size, loaded.dtype,
                                    loaded.device)
     manager = kv_cache_managers().get(cache.kv_cache_manager)(
