@@ -140,6 +140,9 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
         if peer == "hf":
             engines.append(hf_engine(model, options, hf_batch_size))
         else:
+            if not LlamaCppEngine.available():
+                raise click.UsageError("--compare llama.cpp needs llama-cpp-python: "
+                                       "pip install llama-cpp-python")
             gguf = llama_gguf or _model_gguf(model)
             n_ctx = -(-max(r.total_len for r in requests) // 256) * 256
             engines.append(LlamaCppEngine(gguf, threads=threads, n_ctx=n_ctx))
