@@ -1,7 +1,9 @@
 """Every architecture any installed plugin registers has a conformance suite class.
 
-The check runs over the classes collected in this session, so run it with the whole test tree
-(it skips itself when no suite class was collected).
+The check runs over the classes collected in this session, so it lives at the top of the test
+tree: it runs with the whole tree (``pytest``, ``pytest tests``), not with one area's folder
+(``pytest tests/models`` leaves out the example plugin's suite). It skips itself when no suite
+class was collected.
 """
 
 from __future__ import annotations

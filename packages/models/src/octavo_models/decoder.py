@@ -38,7 +38,6 @@ from octavo.layers import (
     RotaryEmbedding,
     RowParallelLinear,
     VocabParallelEmbedding,
-    apply_rotary,
     process_weights_after_loading,
 )
 from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
@@ -140,16 +139,11 @@ class DecoderAttention(nn.Module):
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
-        num_tokens = hidden.shape[0]
-        heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
         if self.qkv_clip is not None:
             qkv = qkv.clamp(-self.qkv_clip, self.qkv_clip)
-        qk = qkv[:, : (heads + kv_heads) * d].view(num_tokens, heads + kv_heads, d)
-        if cos_sin is not None:  # q and k rotate together
-            qk = apply_rotary(qk, *cos_sin, is_neox_style=self.is_neox_style)
-        v = qkv[:, (heads + kv_heads) * d:].view(num_tokens, kv_heads, d)  # [T, KH, D]
-        out = self.attn(qk[:, :heads], qk[:, heads:], v, kv_cache, metadata)  # [T, H * D]
+        out = self.attn.forward_qkv(qkv, cos_sin, kv_cache, metadata,
+                                    is_neox_style=self.is_neox_style)  # [T, H * D]
         return self.o_proj(out)
 
 

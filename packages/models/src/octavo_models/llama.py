@@ -37,7 +37,6 @@ from octavo.layers import (
     StackedParam,
     VocabParallelEmbedding,
     alibi_slopes,
-    apply_rotary,
     get_rope,
     load_hf_weights,
     process_weights_after_loading,
@@ -164,15 +163,8 @@ class LlamaAttention(nn.Module):
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
-        num_tokens = hidden.shape[0]
-        heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
-        # q and k rotate together: one rotary over H + KH heads
-        qk = qkv[:, : (heads + kv_heads) * d].view(num_tokens, heads + kv_heads, d)
-        if cos_sin is not None:
-            qk = apply_rotary(qk, *cos_sin)  # [T, H + KH, D]
-        v = qkv[:, (heads + kv_heads) * d:].view(num_tokens, kv_heads, d)  # [T, KH, D]
-        out = self.attn(qk[:, :heads], qk[:, heads:], v, kv_cache, metadata)  # [T, H * D]
+        out = self.attn.forward_qkv(qkv, cos_sin, kv_cache, metadata)  # [T, H * D]
         return self.o_proj(out)
 
 

@@ -49,6 +49,26 @@ class Attention(nn.Module):
         out = self.impl.forward(query, key, value, key_cache, value_cache, metadata)
         return out.reshape(out.shape[0], self.num_heads * self.head_size)
 
+    def forward_qkv(
+        self,
+        qkv: torch.Tensor,  # [num_tokens, (num_heads + 2 * num_kv_heads) * head_size]
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,  # each [T, rotary_dim / 2]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        metadata: AttentionMetadata,
+        *,
+        is_neox_style: bool = True,
+    ) -> torch.Tensor:  # [num_tokens, num_heads * head_size]
+        """Attend from a fused ``[q | k | v]`` projection; rotary (if ``cos_sin``) on q and k."""
+        from octavo.layers.rotary import apply_rotary
+
+        num_tokens = qkv.shape[0]
+        heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_size
+        qk = qkv[:, : (heads + kv_heads) * d].view(num_tokens, heads + kv_heads, d)
+        if cos_sin is not None:  # q and k rotate together: one rotary over H + KH heads
+            qk = apply_rotary(qk, *cos_sin, is_neox_style=is_neox_style)
+        v = qkv[:, (heads + kv_heads) * d:].view(num_tokens, kv_heads, d)  # [T, KH, D]
+        return self.forward(qk[:, :heads], qk[:, heads:], v, kv_cache, metadata)
+
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
                 f"head_size={self.head_size}, backend={self.impl.name}, "
