@@ -71,6 +71,7 @@ def _rank_main(rank: int, world: int, init_file: str, case: str, results) -> Non
             expected_decode = torch.stack([hf_logits(hf, p + [p[0]])[-1] for p in prompts])
             results.put((float((logits - expected).abs().max()),
                          float((decode - expected_decode).abs().max())))
+        dist.barrier()  # rank 1 must not tear gloo down while rank 0 still computes
     finally:
         dist.destroy_process_group()
 
