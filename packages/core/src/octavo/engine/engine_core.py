@@ -26,6 +26,13 @@ class EngineCore:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
+    def reset_prefix_cache(self) -> None:
+        """Drop the KV cache manager's cached prefixes (a manager without a block pool caches
+        none)."""
+        pool = getattr(self.scheduler.kv_cache, "pool", None)
+        if pool is not None:
+            pool.reset_prefix_cache()
+
     def step(self) -> list[EngineCoreOutput]:
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:

@@ -78,6 +78,17 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix block, so later requests compute their whole prompts
+        (a benchmark pass after another, or after a weight change).
+
+        Raises:
+            RuntimeError: requests are in flight (their blocks would stay shared).
+        """
+        if self.has_unfinished_requests():
+            raise RuntimeError("cannot reset the prefix cache while requests are in flight")
+        self.core.reset_prefix_cache()
+
     def step(self) -> list[RequestOutput]:
         core_outputs = self.core.step()
         outputs, stopped = self.outputs.process(core_outputs)

@@ -110,6 +110,11 @@ class LLM:
             ids = ids["input_ids"]
         return list(ids)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached prompt prefixes (as vLLM's ``LLM.reset_prefix_cache``); raises
+        RuntimeError while requests are in flight."""
+        self.engine.reset_prefix_cache()
+
     def _run(self, request_ids: list[str], use_tqdm: bool | None) -> list[RequestOutput]:
         pending = set(request_ids)
         finished: dict[str, RequestOutput] = {}
