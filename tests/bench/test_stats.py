@@ -9,6 +9,7 @@ import pytest
 from octavo.bench.serve_client import RequestRecord, arrival_offsets
 from octavo.bench.serve_metrics import serve_metrics
 from octavo.bench.stats import summarize
+from octavo.bench.timing import BatchTiming, request_latencies
 
 
 def test_summarize_matches_linear_interpolation_percentiles():
@@ -70,3 +71,25 @@ def test_poisson_arrivals_are_seeded_with_the_asked_rate():
     mean_gap = offsets[-1] / (len(offsets) - 1)
     assert mean_gap == pytest.approx(1 / 8.0, rel=0.06)
     assert arrival_offsets(3, rate=math.inf, seed=0) == [0.0, 0.0, 0.0]
+
+
+def test_request_latencies_of_a_padded_batch():
+    """HF's padded batch: every row gets a token at every stamp; each request ends at its own
+    length, though the batch runs on to the longest."""
+    stamps = [10.5, 10.6, 10.8, 10.9, 11.0]  # the batch started at 10.0
+    timing = BatchTiming.from_token_stamps(10.0, stamps, [5, 3, 1])
+    assert timing.prefill == pytest.approx(0.5)
+    assert timing.decode_steps == pytest.approx([0.1, 0.2, 0.1, 0.1])
+    assert timing.first_token == pytest.approx([0.5, 0.5, 0.5])
+    assert timing.last_token == pytest.approx([1.0, 0.8, 0.5])
+    ttft, tpot = request_latencies(timing, [5, 3, 1])
+    assert ttft == pytest.approx([0.5, 0.5, 0.5])
+    assert tpot == pytest.approx([0.5 / 4, 0.3 / 2])  # the one-token request has no TPOT
+    with pytest.raises(ValueError, match="stamps"):
+        BatchTiming.from_token_stamps(10.0, stamps[:2], [3])
+
+
+def test_request_latencies_of_requests_that_finish_apart():
+    timing = BatchTiming(0.4, [0.1, 0.1], first_token=[0.2, 0.4], last_token=[0.6, 0.4])
+    assert request_latencies(timing, [3, 1]) == (pytest.approx([0.2, 0.4]),
+                                                 pytest.approx([0.2]))

@@ -17,22 +17,29 @@ from octavo.commands import engine_options
 PEERS = ("hf", "llama.cpp")
 
 
-def workload_options(func):
-    @click.option("--workload", type=click.Choice(WORKLOADS), default="random",
-                  show_default=True,
-                  help="random: set lengths; chat: input 16-1024, output 16-512 tokens.")
-    @click.option("--num-requests", "-n", type=int, default=64, show_default=True)
-    @click.option("--input-len", type=int, default=128, show_default=True,
-                  help="Prompt tokens per request (random workload).")
-    @click.option("--output-len", type=int, default=128, show_default=True,
-                  help="Generated tokens per request (random workload); EOS is ignored.")
-    @click.option("--workload-seed", "workload_seed", type=int, default=0, show_default=True,
-                  help="Seed of the prompts and lengths.")
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return func(*args, **kwargs)
+def workload_options(*, num_requests: bool = True, output_len: int = 128):
+    """The options of a seeded workload: its kind, lengths and seed (and request count)."""
+    options = [
+        click.option("--workload", type=click.Choice(WORKLOADS), default="random",
+                     show_default=True,
+                     help="random: set lengths; chat: input 16-1024, output 16-512 tokens."),
+        click.option("--input-len", type=int, default=128, show_default=True,
+                     help="Prompt tokens per request (random workload)."),
+        click.option("--output-len", type=int, default=output_len, show_default=True,
+                     help="Generated tokens per request (random workload); EOS is ignored."),
+        click.option("--workload-seed", "workload_seed", type=int, default=0,
+                     show_default=True, help="Seed of the prompts and lengths."),
+    ]
+    if num_requests:
+        options.insert(1, click.option("--num-requests", "-n", type=int, default=64,
+                                       show_default=True))
 
-    return wrapper
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def output_options(func):
@@ -102,7 +109,7 @@ def bench() -> None:
 
 @bench.command()
 @click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
-@workload_options
+@workload_options()
 @click.option("--compare", "peers", type=click.Choice(PEERS), multiple=True,
               help="Also run this engine on the same requests, in this process (repeatable).")
 @click.option("--hf-batch-size", type=int, default=32, show_default=True,
@@ -182,26 +189,23 @@ def _model_gguf(model: str | None) -> str:
 @bench.command()
 @click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--input-len", type=int, default=128, show_default=True)
-@click.option("--output-len", type=int, default=32, show_default=True)
+@workload_options(num_requests=False, output_len=32)
 @click.option("--num-iters", type=int, default=3, show_default=True)
 @click.option("--num-warmup", type=int, default=1, show_default=True)
-@click.option("--workload-seed", "workload_seed", type=int, default=0, show_default=True,
-              help="Seed of the prompts.")
 @click.option("--compare", "peers", type=click.Choice(["hf"]), multiple=True,
               help="Also time HF generate on the same padded batch.")
 @click.option("--threads", type=int, default=None, help="Torch threads.")
 @output_options
 @engine_options
-def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, workload_seed,
-            peers, threads, as_json, output, progress, **options):
-    """Time one batch: its prefill, then each decode step."""
+def latency(model, batch_size, workload, input_len, output_len, workload_seed, num_iters,
+            num_warmup, peers, threads, as_json, output, progress, **options):
+    """Time one batch: its prefill, each decode step, and each request's TTFT and TPOT."""
     from octavo.bench.latency import format_latency, run_latency, time_batch
     from octavo.bench.report import emit
     from octavo.commands import build_llm
 
     threads = set_threads(threads)
-    requests, description, _ = build_requests(model, "random", batch_size, input_len,
+    requests, description, _ = build_requests(model, workload, batch_size, input_len,
                                               output_len, workload_seed)
     description["threads"] = threads
     llm = build_llm(model, options)
@@ -231,7 +235,7 @@ def latency(model, batch_size, input_len, output_len, num_iters, num_warmup, wor
               help="Draw token ids below this instead of loading a tokenizer (id prompts).")
 @click.option("--prompt-format", type=click.Choice(["ids", "text"]), default="ids",
               show_default=True, help="Send token ids, or the prompts decoded to text.")
-@workload_options
+@workload_options()
 @click.option("--request-rate", type=float, default=math.inf, show_default=True,
               help="Poisson arrival rate in requests/s (inf: all at once).")
 @click.option("--max-concurrency", "concurrencies", type=int, multiple=True,

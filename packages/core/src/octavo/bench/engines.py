@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from octavo.bench.machine import LoadWindow, peak_rss_bytes, reset_peak_rss
+from octavo.bench.timing import BatchTiming
 from octavo.bench.workload import BenchRequest
 
 
@@ -123,6 +124,7 @@ class OctavoEngine:
     def warmup(self, requests: list[BenchRequest]) -> None:
         short = [BenchRequest(r.prompt_token_ids[:16], 4) for r in requests[:2]]
         self._run(short, progress=False)
+        self.llm.reset_prefix_cache()  # the timed run must compute those prompt blocks itself
 
     def generate(self, requests: list[BenchRequest], progress: bool) -> Generation:
         return self._run(requests, progress)
@@ -214,9 +216,10 @@ class HFEngine:
         # The padded cache of each batch holds every row at the batch's full width.
         return Generation(outputs, KVUsage(sum(ratios) / len(ratios), stored / slots))
 
-    def time_batch(self, batch: list[BenchRequest]) -> tuple[float, list[float]]:
-        """(prefill seconds, decode step seconds) of one padded batch: what a server that
-        batches its requests with HF ``generate`` gives as TTFT and time per output token."""
+    def time_batch(self, batch: list[BenchRequest]) -> BatchTiming:
+        """One padded batch, timed as a server that batches its requests with HF ``generate``
+        would serve it: every request gets its first token with the batch's prefill and its
+        last at the step of its own length, while the batch runs to its longest request."""
         import time
 
         from transformers import LogitsProcessor
@@ -230,7 +233,7 @@ class HFEngine:
 
         start = time.perf_counter()
         self._batch(batch, logits_processor=[Stamp()])
-        return stamps[0] - start, [b - a for a, b in zip(stamps, stamps[1:])]
+        return BatchTiming.from_token_stamps(start, stamps, [r.output_len for r in batch])
 
     def _batch(self, batch: list[BenchRequest], **generate_kwargs) -> list[list[int]]:
         import torch
