@@ -1,0 +1,72 @@
+"""The CPU attention backend (C++ kernel + SDPA prefill) against the float64 reference of the
+conformance suite, the selector's choice on CPU, and the kernel's input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octavo.attention import select_attention_backend
+from octavo.testing.attention_suite import AttentionBackendSuite, make_paged_batch
+from octavo_cpu.backend import SDPA_MIN_QUERY_LEN, CpuAttentionBackend
+from octavo_cpu.build import load_ops
+
+if CpuAttentionBackend.unsupported_reason("cpu", torch.float32, 64) is not None:
+    pytest.skip(CpuAttentionBackend.unsupported_reason("cpu", torch.float32, 64),
+                allow_module_level=True)
+
+
+class TestCpuAttentionSuite(AttentionBackendSuite):
+    """Every shape of the suite; contexts long enough for many blocks and both paths."""
+
+    backend_cls = CpuAttentionBackend
+    long_context = 700
+
+
+def test_selected_on_cpu():
+    backend = select_attention_backend("cpu", torch.float32, 64)
+    assert backend.name == "cpu"
+
+
+@pytest.mark.parametrize("query_len", [1, SDPA_MIN_QUERY_LEN - 1, SDPA_MIN_QUERY_LEN, 200])
+@pytest.mark.parametrize("cached", [0, 37])
+def test_paths_agree_with_reference(query_len, cached):
+    """Both sides of the SDPA threshold, with and without cached context before the chunk."""
+    from octavo.attention.torch_backend import paged_attention_reference
+
+    generator = torch.Generator().manual_seed(query_len * 100 + cached)
+    batch = make_paged_batch([query_len, 1], [cached + query_len, 90], num_heads=6,
+                             num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float32,
+                             device="cpu", generator=generator)
+    backend = CpuAttentionBackend(6, 64, 2, 0.125)
+    out = backend.forward(batch.query, batch.key, batch.value, batch.key_cache,
+                          batch.value_cache, batch.metadata)
+    expected = paged_attention_reference(batch.query.double(), batch.key_cache.double(),
+                                         batch.value_cache.double(), batch.metadata, 0.125)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_rejects_bad_inputs():
+    ops = load_ops()
+    q = torch.randn(2, 4, 64)
+    cache = torch.randn(4, 16, 2, 64)
+    ints = dict(block_tables=torch.zeros(2, 1, dtype=torch.int32),
+                seq_lens=torch.ones(2, dtype=torch.int32),
+                query_start_loc=torch.tensor([0, 1, 2], dtype=torch.int32),
+                seq_indices=torch.tensor([0, 1], dtype=torch.int32))
+
+    def call(**overrides):
+        args = dict(out=torch.empty_like(q), query=q, key_cache=cache, value_cache=cache,
+                    **ints)
+        args.update(overrides)
+        ops.paged_attention(args["out"], args["query"], args["key_cache"], args["value_cache"],
+                            args["block_tables"], args["seq_lens"], args["query_start_loc"],
+                            args["seq_indices"], 0.125, None, 0, 0.0)
+
+    call()
+    with pytest.raises(RuntimeError, match="int32"):
+        call(seq_lens=torch.ones(2, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        call(key_cache=cache.double(), value_cache=cache.double())
+    with pytest.raises(RuntimeError, match="multiple of num_kv_heads"):
+        call(query=torch.randn(2, 3, 64), out=torch.empty(2, 3, 64))
