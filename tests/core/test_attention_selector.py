@@ -7,8 +7,15 @@ from octavo.attention import select_attention_backend
 from octavo.attention.torch_backend import TorchAttentionBackend
 
 
-def test_cpu_default_is_the_torch_reference():
-    assert select_attention_backend("cpu", torch.float32, 64) is TorchAttentionBackend
+def test_cpu_default_is_the_cpu_kernel_else_the_torch_reference():
+    chosen = select_attention_backend("cpu", torch.float32, 64)
+    try:
+        from octavo_cpu.backend import CpuAttentionBackend
+    except ImportError:  # octavo-kernels-cpu not installed
+        assert chosen is TorchAttentionBackend
+        return
+    usable = CpuAttentionBackend.supports("cpu", torch.float32, 64)
+    assert chosen is (CpuAttentionBackend if usable else TorchAttentionBackend)
 
 
 def test_named_backend_is_validated():

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from octavo.attention import select_attention_backend
 from octavo.attention.base import AttentionMetadata
 from octavo.attention.torch_backend import (
     MAX_DECODE_PADDING,
@@ -189,5 +188,3 @@ def test_suite_batch_builder_layout():
     assert flat[expected_slots].isnan().all() and batch.key_cache[0].isnan().all()
 
 
-def test_selector_picks_torch_on_cpu_by_default():
-    assert select_attention_backend("cpu", torch.float32, 64) is TorchAttentionBackend

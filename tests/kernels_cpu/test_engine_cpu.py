@@ -8,10 +8,10 @@ import random
 
 import pytest
 import torch
+from octavo_cpu.backend import CpuAttentionBackend
 
 from octavo import LLM, SamplingParams
 from octavo.testing.tiny_models import save_tiny_model, save_word_tokenizer
-from octavo_cpu.backend import CpuAttentionBackend
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=1)
 
