@@ -138,7 +138,18 @@ void attend_token(const T* q_token, T* out_token, const T* key_cache, const T* v
     const int64_t lo = std::max(first, block * B), hi = std::min(pos + 1, (block + 1) * B);
     const int64_t n = hi - lo;
     const int64_t row0 = block_table[block] * s.k_block_stride + (lo - block * B) * s.k_row_stride;
+    // The next block sits anywhere in the pool, out of the hardware prefetcher's sight: ask
+    // for its rows now, a row per row of this block, so they arrive while this one computes.
+    const int64_t next_row0 = block < pos / B ? block_table[block + 1] * s.k_block_stride : -1;
     for (int64_t t = 0; t < n; ++t) {
+      if (next_row0 >= 0) {
+        const int64_t at = next_row0 + t * s.k_row_stride + h0 * s.k_head_stride;
+        const int64_t bytes = (h1 - h0) * s.k_head_stride * static_cast<int64_t>(sizeof(T));
+        for (int64_t line = 0; line < bytes; line += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(key_cache + at) + line);
+          __builtin_prefetch(reinterpret_cast<const char*>(value_cache + at) + line);
+        }
+      }
       for (int64_t kv = h0; kv < h1; ++kv) {
         const float* k = as_float(key_cache + row0 + t * s.k_row_stride + kv * s.k_head_stride,
                                   D, row_buf);
