@@ -1,10 +1,17 @@
-"""dense_linear: the CPU column-block split computes the same product as F.linear."""
+"""dense_linear: the CPU column-block split and the packed oneDNN weight compute the same product
+as F.linear."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from octavo.layers.dense import CPU_BLOCK, CPU_SPLIT_ABOVE, dense_linear
+from octavo.layers.dense import (
+    CPU_BLOCK,
+    CPU_SPLIT_ABOVE,
+    PACKED_LINEAR_ENV,
+    dense_linear,
+    pack_for_cpu,
+)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64])
@@ -24,3 +31,60 @@ def test_leading_dims_are_kept():
     x = torch.randn(2, 3, 16)
     w = torch.randn(CPU_SPLIT_ABOVE + 100, 16)
     torch.testing.assert_close(dense_linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+needs_packing = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                                   reason="this torch build has no oneDNN")
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [0, 1, 16, 37, 300])
+@pytest.mark.parametrize("shape", [(96, 64), (3072, 576), (CPU_SPLIT_ABOVE + 7, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_weight_matches_f_linear(rows, shape, bias):
+    g = torch.Generator().manual_seed(rows + shape[0])
+    x = torch.randn(rows, shape[1], generator=g)
+    w = torch.randn(*shape, generator=g)
+    b = torch.randn(shape[0], generator=g) if bias else None
+    packed = pack_for_cpu(w)
+    assert packed is not None and packed.is_mkldnn and packed.shape == w.shape
+    torch.testing.assert_close(dense_linear(x, packed, b), F.linear(x, w, b),
+                               atol=1e-4, rtol=1e-5)
+    x3 = torch.randn(2, 3, shape[1], generator=g)[:, ::2]  # non-contiguous, leading dims
+    torch.testing.assert_close(dense_linear(x3, packed, b), F.linear(x3, w, b),
+                               atol=1e-4, rtol=1e-5)
+
+
+@needs_packing
+def test_what_is_not_packed(monkeypatch):
+    w = torch.randn(8, 4)
+    assert pack_for_cpu(w.double()) is None  # float32 only
+    assert pack_for_cpu(w.bfloat16()) is None
+    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
+    assert pack_for_cpu(w) is None
+
+
+@needs_packing
+def test_loaded_layers_keep_only_the_packed_weight(tmp_path, monkeypatch):
+    """After loading, a model's CPU linear layers hold opaque packed weights and give the
+    same logits as with packing off."""
+    from octavo import LLM, SamplingParams
+    from octavo.testing.tiny_models import save_tiny_model
+
+    save_tiny_model(tmp_path, "llama")
+    params = SamplingParams(temperature=0, max_tokens=4, logprobs=1, ignore_eos=True)
+    prompts = [[5, 9, 17, 3], [40, 2, 7]]
+    llm = LLM(str(tmp_path), dtype="float32", num_gpu_blocks_override=32)
+    model = llm.engine.core.runner.model
+    linear = model.model.layers[0].mlp.down_proj
+    assert linear.weight.is_mkldnn
+    packed = llm.generate(prompts, params)
+    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
+    plain_llm = LLM(str(tmp_path), dtype="float32", num_gpu_blocks_override=32)
+    assert not plain_llm.engine.core.runner.model.model.layers[0].mlp.down_proj.weight.is_mkldnn
+    plain = plain_llm.generate(prompts, params)
+    for a, b in zip(packed, plain):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for x, y in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert next(iter(x.values())).logprob == pytest.approx(
+                next(iter(y.values())).logprob, abs=1e-4)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
+from octavo.layers.dense import PACKED_LINEAR_ENV
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.llama import LlamaForCausalLM, sliding_window_of
 
@@ -97,6 +98,12 @@ class TestSuiteCatchesBugs:
     """The suite's checks fail on a model that is subtly wrong."""
 
     suite = TestLlama()
+
+    @pytest.fixture(autouse=True)
+    def plain_weights(self, monkeypatch):
+        """The mutations below edit loaded weights in place: keep them unpacked (a packed CPU
+        weight is opaque; see octavo/layers/dense.py)."""
+        monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
 
     @pytest.fixture(scope="class")
     def conformance(self):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo.layers.dense import dense_linear
+from octavo.layers.dense import dense_linear, pack_for_cpu
 from octavo.layers.linear import copy_checked
 from octavo.layers.parallel import all_gather, all_reduce
 from octavo.modeling import ParallelConfig
@@ -73,13 +73,23 @@ class ParallelLMHead(VocabParallelEmbedding):
                          device=device, _create_weight=tied_to is None)
         if tied_to is not None:
             self.weight = tied_to.weight
+        # A packed copy for the CPU product (layers/dense.py), made at the first logits and
+        # remade if the weight changes; the embedding (tied or not) keeps reading the plain one.
+        self._packed: tuple[tuple[int, int], torch.Tensor | None] | None = None
+
+    def _product_weight(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, pack_for_cpu(self.weight))
+        packed = self._packed[1]
+        return self.weight if packed is None else packed
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("ParallelLMHead is applied with compute_logits, not called")
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, hidden] -> [n, vocab_size]`` float32 logits."""
-        logits = dense_linear(hidden, self.weight)  # [n, vocab_per_rank]
+        logits = dense_linear(hidden, self._product_weight())  # [n, vocab_per_rank]
         if self.parallel.tensor_parallel_size > 1:
             logits = all_gather(logits, self.parallel, dim=-1)[..., :self.num_embeddings]
         return logits.float()

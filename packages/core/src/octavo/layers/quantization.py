@@ -77,3 +77,11 @@ class UnquantizedMethod(QuantizationMethod):
         from octavo.layers.dense import dense_linear
 
         return dense_linear(x, layer.weight, bias)
+
+    def process_weights_after_loading(self, layer):
+        """On the CPU, keep only a packed copy of a float32 weight (see ``layers/dense.py``)."""
+        from octavo.layers.dense import pack_for_cpu
+
+        packed = pack_for_cpu(layer.weight)
+        if packed is not None:
+            layer.weight = nn.Parameter(packed, requires_grad=False)
