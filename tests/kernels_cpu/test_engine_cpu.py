@@ -7,11 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 from octavo_cpu.backend import CpuAttentionBackend
 
 from octavo import LLM, SamplingParams
-from octavo.testing.tiny_models import save_tiny_model, save_word_tokenizer
+from octavo.testing.tiny_models import save_tiny_model, save_tiny_mpt
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=1)
 
@@ -25,14 +24,8 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_mpt(tmp_path_factory):
-    from transformers import MptConfig, MptForCausalLM
-
     folder = tmp_path_factory.mktemp("mpt")
-    config = MptConfig(vocab_size=128, d_model=64, n_heads=4, n_layers=2, max_seq_len=256,
-                       bos_token_id=1, eos_token_id=2, architectures=["MptForCausalLM"])
-    torch.manual_seed(0)
-    MptForCausalLM(config).save_pretrained(folder)
-    save_word_tokenizer(folder)
+    save_tiny_mpt(folder)
     return folder
 
 

@@ -12,7 +12,7 @@ import torch
 from octavo import LLM, SamplingParams
 from octavo.layers.layer_ops import LAYER_OPS_ENV
 from octavo.plugins import reset_plugin_manager
-from octavo.testing.tiny_models import save_tiny_model, save_word_tokenizer
+from octavo.testing.tiny_models import save_tiny_model, save_tiny_mpt
 from octavo_triton.backend import TritonAttentionBackend
 from octavo_triton.launch import interpreted
 from octavo_triton.layer_ops import TritonLayerOps
@@ -34,14 +34,8 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_mpt(tmp_path_factory):
-    from transformers import MptConfig, MptForCausalLM
-
     folder = tmp_path_factory.mktemp("mpt")
-    config = MptConfig(vocab_size=128, d_model=64, n_heads=4, n_layers=2, max_seq_len=128,
-                       bos_token_id=1, eos_token_id=2, architectures=["MptForCausalLM"])
-    torch.manual_seed(0)
-    MptForCausalLM(config).save_pretrained(folder)
-    save_word_tokenizer(folder)
+    save_tiny_mpt(folder)
     return folder
 
 

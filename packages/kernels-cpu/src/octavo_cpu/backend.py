@@ -39,13 +39,6 @@ class CpuAttentionBackend(AttentionBackend):
                  logits_soft_cap: float | None = None) -> None:
         super().__init__(num_heads, head_size, num_kv_heads, scale, alibi_slopes=alibi_slopes,
                          sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
-        if alibi_slopes is not None and alibi_slopes.numel() != num_heads:
-            raise ValueError(f"alibi_slopes has {alibi_slopes.numel()} entries, "
-                             f"expected num_heads={num_heads}")
-        if sliding_window is not None and sliding_window <= 0:
-            raise ValueError(f"sliding_window must be positive, got {sliding_window}")
-        if logits_soft_cap is not None and logits_soft_cap <= 0:
-            raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
         self._slopes = (alibi_slopes.detach().to("cpu", torch.float32).contiguous()
                         if alibi_slopes is not None else None)
         # SDPA covers plain causal attention only; with a feature every request takes the kernel.

@@ -52,13 +52,6 @@ class CudaAttentionBackend(AttentionBackend):
         if head_size not in self.supported_head_sizes:
             raise ValueError(f"{type(self).__name__} supports head sizes "
                              f"{self.supported_head_sizes}, not {head_size}")
-        if alibi_slopes is not None and alibi_slopes.numel() != num_heads:
-            raise ValueError(f"alibi_slopes has {alibi_slopes.numel()} entries, "
-                             f"expected num_heads={num_heads}")
-        if sliding_window is not None and sliding_window <= 0:
-            raise ValueError(f"sliding_window must be positive, got {sliding_window}")
-        if logits_soft_cap is not None and logits_soft_cap <= 0:
-            raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
         self.partition_size = int(partition_size)
         self.tensor_cores = bool(tensor_cores)
         self._slopes: dict[torch.device, torch.Tensor] = {}

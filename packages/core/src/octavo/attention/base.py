@@ -85,6 +85,13 @@ class AttentionBackend(ABC):
                                ("logits_soft_cap", logits_soft_cap)):
             if value is not None and not getattr(self, f"supports_{feature}"):
                 raise ValueError(f"attention backend {self.name!r} does not support {feature}")
+        if alibi_slopes is not None and alibi_slopes.numel() != num_heads:
+            raise ValueError(f"alibi_slopes has {alibi_slopes.numel()} entries, "
+                             f"expected num_heads={num_heads}")
+        if sliding_window is not None and sliding_window <= 0:
+            raise ValueError(f"sliding_window must be positive, got {sliding_window}")
+        if logits_soft_cap is not None and logits_soft_cap <= 0:
+            raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads

@@ -54,3 +54,17 @@ def save_tiny_model(folder: str | Path, arch: str = "llama", seed: int = 0,
     model.save_pretrained(folder)
     save_word_tokenizer(folder, num_words=min(100, config.vocab_size - 3))
     return model
+
+
+def save_tiny_mpt(folder: str | Path, seed: int = 0) -> torch.nn.Module:
+    """Save a random tiny MPT (ALiBi attention, LayerNorm) with a tokenizer; return the HF
+    model (eval): the ALiBi case of the engine-level backend tests."""
+    from transformers import MptConfig, MptForCausalLM
+
+    config = MptConfig(vocab_size=128, d_model=64, n_heads=4, n_layers=2, max_seq_len=256,
+                       bos_token_id=1, eos_token_id=2, architectures=["MptForCausalLM"])
+    torch.manual_seed(seed)
+    model = MptForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    save_word_tokenizer(folder)
+    return model
