@@ -18,3 +18,25 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A random tiny Llama (RoPE, GQA) saved with its tokenizer: the folder."""
+    from octavo.testing.tiny_models import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("llama")
+    save_tiny_model(folder, "llama")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_mpt(tmp_path_factory):
+    """A random tiny MPT (ALiBi) saved with its tokenizer: the folder."""
+    from octavo.testing.tiny_models import save_tiny_mpt
+
+    folder = tmp_path_factory.mktemp("mpt")
+    save_tiny_mpt(folder)
+    return folder

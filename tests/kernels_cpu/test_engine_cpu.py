@@ -10,23 +10,8 @@ import pytest
 from octavo_cpu.backend import CpuAttentionBackend
 
 from octavo import LLM, SamplingParams
-from octavo.testing.tiny_models import save_tiny_model, save_tiny_mpt
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    save_tiny_model(folder, "llama")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_mpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mpt")
-    save_tiny_mpt(folder)
-    return folder
 
 
 def generate(folder, backend: str, prompts):

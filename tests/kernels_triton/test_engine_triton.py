@@ -12,7 +12,6 @@ import torch
 from octavo import LLM, SamplingParams
 from octavo.layers.layer_ops import LAYER_OPS_ENV
 from octavo.plugins import reset_plugin_manager
-from octavo.testing.tiny_models import save_tiny_model, save_tiny_mpt
 from octavo_triton.backend import TritonAttentionBackend
 from octavo_triton.launch import interpreted
 from octavo_triton.layer_ops import TritonLayerOps
@@ -23,20 +22,6 @@ GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
 if not ON_CUDA and not interpreted():
     pytest.skip("no CUDA device and the Triton interpreter is off", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    save_tiny_model(folder, "llama")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_mpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mpt")
-    save_tiny_mpt(folder)
-    return folder
 
 
 def greedy_tokens(folder, backend: str, prompts) -> list[list[int]]:
