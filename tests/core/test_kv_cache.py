@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from octavo.engine.request import Request
 from octavo.kv_cache import BlockPool, PagedKVCacheManager, hash_block
+from octavo.request import Request
 
 BS = 4
 

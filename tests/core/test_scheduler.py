@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from octavo.engine.outputs import RunnerOutput
-from octavo.engine.request import Request, RequestStatus
 from octavo.engine.scheduler import FCFSScheduler, PriorityScheduler
 from octavo.kv_cache import PagedKVCacheManager
+from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
 
 BS = 4

@@ -66,12 +66,11 @@ def load_served_model(model: str | None, settings: ServerSettings, options: dict
     source = model or DEMO_MODEL_NAME
     served = ServedModel(settings.served_model_name or source, llm, source,
                          max_waiting_requests=settings.max_waiting_requests)
-    stats = served.stats()
-    engine = llm.engine
+    info = llm.info
     logger.info("loaded %s as %r: %s on %s, context %d tokens", source, served.name,
-                engine.core.runner.model.__class__.__name__, engine.device, served.max_model_len)
-    logger.info("KV cache: %d blocks of %d tokens = %d tokens", stats.num_kv_blocks,
-                stats.block_size, stats.num_kv_blocks * stats.block_size)
+                info.architecture, info.device, info.max_model_len)
+    logger.info("KV cache: %d blocks of %d tokens = %d tokens", info.num_kv_blocks,
+                info.block_size, info.num_kv_blocks * info.block_size)
     return served
 
 

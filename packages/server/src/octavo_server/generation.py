@@ -38,7 +38,7 @@ class Prompt:
 def process_prompt(model: ServedModel, prompt: str | list[int], param: str = "prompt") -> Prompt:
     """Tokenize and validate one prompt (the engine's own input rules); 400 on bad input."""
     try:
-        text, token_ids = model.llm.engine.inputs.process(prompt)
+        text, token_ids = model.llm.process_prompt(prompt)
     except ValueError as exc:
         raise APIError(400, str(exc), param=param,
                        code="context_length_exceeded" if "context" in str(exc) else None

@@ -63,7 +63,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     model = app_state(request).manager.get(body.model)
-    vocab_size = model.llm.engine.inputs.vocab_size
+    vocab_size = model.llm.info.vocab_size
     bad = [t for t in body.tokens if not 0 <= t < vocab_size]
     if bad:
         raise APIError(400, f"tokens must be in [0, {vocab_size}); got {bad[:5]}", param="tokens")

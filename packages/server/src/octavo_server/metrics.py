@@ -32,6 +32,8 @@ class EngineGauges(Collector):
         families = {
             "num_requests_running": ("Requests (sequences) running in the engine.", "num_running"),
             "num_requests_waiting": ("Requests waiting to be scheduled.", "num_waiting"),
+            "num_requests_swapped": ("Requests preempted with their KV blocks swapped out.",
+                                     "num_swapped"),
             "kv_cache_usage_perc": ("Fraction of KV cache blocks in use (1 = full).",
                                     "kv_cache_usage"),
             "kv_cache_free_blocks": ("KV cache blocks free (cached prefixes count as free).",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from octavo.entrypoints.async_llm import AsyncLLM, EngineStats, RequestStream
+from octavo.engine.stats import EngineStats
+from octavo.entrypoints.async_llm import AsyncLLM, RequestStream
 from octavo.sampling_params import SamplingParams
 from octavo_server.errors import APIError
 
@@ -32,7 +33,7 @@ class ServedModel:
 
     @property
     def max_model_len(self) -> int:
-        return self.llm.engine.max_model_len
+        return self.llm.info.max_model_len
 
     def stats(self) -> EngineStats:
         return self.llm.stats()

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 
 from octavo.engine.model_runner import ModelRunner
 from octavo.engine.outputs import EngineCoreOutput
-from octavo.engine.request import Request
 from octavo.engine.scheduler import Scheduler
+from octavo.engine.stats import EngineStats
+from octavo.request import Request
 
 
 class EngineCore:
@@ -27,11 +28,15 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     def reset_prefix_cache(self) -> None:
-        """Drop the KV cache manager's cached prefixes (a manager without a block pool caches
-        none)."""
-        pool = getattr(self.scheduler.kv_cache, "pool", None)
-        if pool is not None:
-            pool.reset_prefix_cache()
+        self.scheduler.reset_prefix_cache()
+
+    def stats(self) -> EngineStats:
+        counts = self.scheduler.request_counts()
+        kv_cache = self.scheduler.kv_cache
+        return EngineStats(
+            num_running=counts.running, num_waiting=counts.waiting, num_swapped=counts.swapped,
+            num_kv_blocks=kv_cache.num_blocks, num_free_kv_blocks=kv_cache.num_free_blocks,
+            block_size=kv_cache.block_size, kv_cache_usage=kv_cache.usage())
 
     def step(self) -> list[EngineCoreOutput]:
         scheduled = self.scheduler.schedule()

@@ -10,8 +10,9 @@ from octavo.engine.builder import EngineConfig, build_engine_core
 from octavo.engine.engine_core import EngineCore
 from octavo.engine.input_processor import InputProcessor, PromptType
 from octavo.engine.output_processor import OutputProcessor
-from octavo.engine.request import Request
+from octavo.engine.stats import EngineInfo, EngineStats
 from octavo.outputs import RequestOutput
+from octavo.request import Request
 from octavo.sampling_params import SamplingParams
 
 
@@ -28,6 +29,12 @@ class LLMEngine:
         self.inputs = InputProcessor(tokenizer, vocab_size, max_model_len)
         self.outputs = OutputProcessor(tokenizer)
         self._ids = itertools.count()
+        kv_cache = core.scheduler.kv_cache
+        self.info = EngineInfo(
+            architecture=type(core.runner.model).__name__, device=self.device,
+            dtype=core.runner.model.ctx.dtype, max_model_len=max_model_len,
+            vocab_size=vocab_size, num_kv_blocks=kv_cache.num_blocks,
+            block_size=kv_cache.block_size)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -43,6 +50,15 @@ class LLMEngine:
     def next_request_id(self) -> str:
         return f"req-{next(self._ids)}"  # apart from ids callers choose (digits, UUIDs)
 
+    def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """``(text, token ids)`` of a prompt as ``add_request`` would queue it (text is None for
+        token ids); raises ValueError on a prompt the engine would refuse."""
+        return self.inputs.process(prompt)
+
+    def stats(self) -> EngineStats:
+        """Requests running, waiting and swapped, and the KV cache's occupancy, now."""
+        return self.core.stats()
+
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     priority: int = 0) -> None:
         """Validate and queue a request; raises ValueError (and queues nothing) on bad input."""
@@ -50,7 +66,7 @@ class LLMEngine:
             raise ValueError(f"sampling params must be SamplingParams, not {type(params).__name__}")
         if self.outputs.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
-        text, token_ids = self.inputs.process(prompt)
+        text, token_ids = self.process_prompt(prompt)
         params.verify_token_ids(self.inputs.vocab_size)
         children = [self._core_request(request_id if params.n == 1 else f"{request_id}#{i}",
                                        token_ids, params.clone_for_child(i) if params.n > 1 else params,

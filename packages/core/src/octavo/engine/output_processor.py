@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from octavo.engine.detokenizer import IncrementalDetokenizer
 from octavo.engine.outputs import EngineCoreOutput
-from octavo.engine.request import Request
 from octavo.outputs import (
     CompletionOutput,
     Logprob,
@@ -15,6 +14,7 @@ from octavo.outputs import (
     RequestOutput,
     TokenLogprobDict,
 )
+from octavo.request import Request
 from octavo.sampling_params import SamplingParams
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from octavo.engine.request import Request
     from octavo.engine.sampler import TokenLogprobs
+    from octavo.request import Request
 
 
 @dataclass

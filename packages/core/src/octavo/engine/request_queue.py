@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
 
-from octavo.engine.request import Request
+from octavo.request import Request
 
 
 class RequestQueue(ABC):

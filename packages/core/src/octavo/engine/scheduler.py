@@ -5,15 +5,35 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from octavo.engine.outputs import EngineCoreOutput, RunnerOutput, ScheduledRequest, SchedulerOutput
-from octavo.engine.request import Request, RequestStatus
 from octavo.engine.request_queue import FCFSQueue, PriorityQueue, RequestQueue
-from octavo.kv_cache.manager import KVCacheManager
+from octavo.kv_cache.manager import CachedPrefix, KVCacheManager
+from octavo.request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """How many sequences a scheduler holds in each state (an ``n > 1`` request counts once
+    per sibling that has started)."""
+
+    running: int
+    waiting: int
+    swapped: int = 0  # preempted with their KV blocks moved out to a swap tier
 
 
 class Scheduler(ABC):
-    """The engine core's view of scheduling; registered under ``register_schedulers``."""
+    """The engine core's view of scheduling; registered under ``register_schedulers``.
+
+    Args:
+        kv_cache: the KV cache manager that owns the blocks; callers read its occupancy
+            through this attribute.
+        max_num_batched_tokens: the token budget of one step.
+        max_num_seqs: the most requests running at once.
+        max_model_len: the model's context; prompts that leave no room are refused.
+        enable_chunked_prefill: split prompts longer than the budget over several steps.
+    """
 
     def __init__(self, kv_cache: KVCacheManager, *, max_num_batched_tokens: int,
                  max_num_seqs: int, max_model_len: int, enable_chunked_prefill: bool = True):
@@ -24,7 +44,8 @@ class Scheduler(ABC):
         self.enable_chunked_prefill = enable_chunked_prefill
 
     @abstractmethod
-    def add_request(self, request: Request) -> None: ...
+    def add_request(self, request: Request) -> None:
+        """Queue a request (with its ``fork_children``); raises ValueError if it can never run."""
 
     @abstractmethod
     def abort_requests(self, req_ids: Iterable[str]) -> list[EngineCoreOutput]:
@@ -39,6 +60,39 @@ class Scheduler(ABC):
 
     @abstractmethod
     def has_unfinished_requests(self) -> bool: ...
+
+    @abstractmethod
+    def request_counts(self) -> RequestCounts:
+        """Sequences running, waiting and swapped out now (the server's queue limit and the
+        metrics read these)."""
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix; callers make sure no request is in flight."""
+        self.kv_cache.reset_prefix_cache()
+
+
+@dataclass
+class StepPlan:
+    """What one ``schedule()`` call has decided so far, and the token budget it has left."""
+
+    budget: int
+    tokens: dict[Request, int] = field(default_factory=dict)  # scheduled, in order
+    preempted: list[str] = field(default_factory=list)
+    finished: list[EngineCoreOutput] = field(default_factory=list)
+
+    def add(self, request: Request, num_tokens: int) -> None:
+        self.tokens[request] = num_tokens
+        self.budget -= num_tokens
+
+    def drop(self, request: Request) -> None:
+        """Take back a request scheduled earlier in this step (it is being preempted)."""
+        self.budget += self.tokens.pop(request, 0)
+
+    def output(self, kv_cache: KVCacheManager) -> SchedulerOutput:
+        scheduled = [ScheduledRequest(request, num, kv_cache.block_ids(request))
+                     for request, num in self.tokens.items()]
+        return SchedulerOutput(scheduled=scheduled, block_copies=kv_cache.take_block_copies(),
+                               preempted_req_ids=self.preempted, finished=self.finished)
 
 
 class ContinuousBatchingScheduler(Scheduler):
@@ -61,6 +115,13 @@ class ContinuousBatchingScheduler(Scheduler):
     def add_request(self, request):
         if request.req_id in self.requests:
             raise ValueError(f"request id {request.req_id!r} is already in use")
+        self._check_fits(request)
+        self.requests[request.req_id] = request
+        for child in request.fork_children:
+            self.requests[child.req_id] = child
+        self.waiting.add(request)
+
+    def _check_fits(self, request: Request) -> None:
         if request.num_prompt_tokens >= self.max_model_len:
             raise ValueError(
                 f"the prompt has {request.num_prompt_tokens} tokens; this model's context is "
@@ -74,10 +135,6 @@ class ContinuousBatchingScheduler(Scheduler):
             raise ValueError(
                 f"the prompt needs {blocks_needed} KV blocks; the cache has only "
                 f"{self.kv_cache.num_blocks}")
-        self.requests[request.req_id] = request
-        for child in request.fork_children:
-            self.requests[child.req_id] = child
-        self.waiting.add(request)
 
     def abort_requests(self, req_ids):
         outputs = []
@@ -97,76 +154,79 @@ class ContinuousBatchingScheduler(Scheduler):
     def has_unfinished_requests(self):
         return bool(self.requests)
 
-    @property
-    def num_running(self) -> int:
-        return len(self.running)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self.waiting)
+    def request_counts(self) -> RequestCounts:
+        return RequestCounts(running=len(self.running), waiting=len(self.waiting))
 
     # -- scheduling -------------------------------------------------------------------------
     def schedule(self):
-        out = SchedulerOutput()
-        budget = self.max_num_batched_tokens
-        scheduled: list[tuple[Request, int]] = []
+        plan = StepPlan(self.max_num_batched_tokens)
+        self._schedule_running(plan)
+        if not plan.preempted:  # blocks are short: admit nobody new this step
+            self._schedule_waiting(plan)
+        return plan.output(self.kv_cache)
 
-        index = 0
-        while index < len(self.running) and budget > 0:
-            request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+    def _schedule_running(self, plan: StepPlan) -> None:
+        """Give each running request its next tokens, preempting others when blocks run out."""
+        for request in list(self.running):
+            if plan.budget <= 0:
+                return
+            if request.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this step
+            num_new = min(request.num_tokens - request.num_computed_tokens, plan.budget)
             if self._exceeds_cache(request.num_computed_tokens + num_new):
                 self.running.remove(request)  # it cannot fit even alone: end it, don't thrash
                 self._finish(request, RequestStatus.FINISHED_LENGTH)
-                out.finished.append(EngineCoreOutput(request.req_id, finish_reason="length"))
-                continue
-            while not self.kv_cache.allocate_slots(request, num_new):
-                victim = self.waiting.victim(self.running)
-                if victim is request and self._release_waiting_blocks(keep=None):
-                    continue  # waiting forked siblings held the blocks it needs
-                if self.running.index(victim) < index:  # already scheduled this step
-                    index -= 1
-                    budget += scheduled.pop(self._position(scheduled, victim))[1]
-                self._preempt(victim)
-                out.preempted_req_ids.append(victim.req_id)
-                if victim is request:
-                    break
-            else:
-                scheduled.append((request, num_new))
-                budget -= num_new
-                index += 1
+                plan.finished.append(EngineCoreOutput(request.req_id, finish_reason="length"))
+            elif self._make_room(request, num_new, plan):
+                plan.add(request, num_new)
 
-        while (not out.preempted_req_ids and len(self.waiting) and budget > 0
-               and len(self.running) < self.max_num_seqs):
+    def _make_room(self, request: Request, num_new: int, plan: StepPlan) -> bool:
+        """Allocate the request's slots, preempting victims until they fit; False when the
+        request itself had to be preempted."""
+        while not self.kv_cache.allocate_slots(request, num_new):
+            victim = self.waiting.victim(self.running)
+            if victim is request and self._release_waiting_blocks(keep=None):
+                continue  # waiting forked siblings held the blocks it needs
+            plan.drop(victim)
+            self._preempt(victim)
+            plan.preempted.append(victim.req_id)
+            if victim is request:
+                return False
+        return True
+
+    def _schedule_waiting(self, plan: StepPlan) -> None:
+        """Admit waiting requests in queue order while budget, sequences and blocks last."""
+        while self.waiting and plan.budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
-            prefix = None
-            num_computed = request.num_computed_tokens
-            if num_computed == 0 and request.sampling_params.prompt_logprobs is None:
-                prefix = self.kv_cache.find_cached_prefix(request)
-                num_computed = prefix.num_tokens
+            prefix = self._cached_prefix(request)
+            num_computed = prefix.num_tokens if prefix else request.num_computed_tokens
             num_new = request.num_tokens - num_computed
-            if num_new > budget:
+            if num_new > plan.budget:
                 if not self.enable_chunked_prefill:
-                    break
-                num_new = budget
+                    return
+                num_new = plan.budget
             if not self.kv_cache.allocate_slots(request, num_new, prefix):
                 if not self.running and self._release_waiting_blocks(keep=request):
                     continue  # forked siblings held the blocks; they recompute later
-                break
+                return
             self.waiting.pop()
-            request.num_computed_tokens = num_computed
-            if request.first_scheduled_time is None:
-                request.first_scheduled_time = time.monotonic()
-                request.num_cached_tokens = num_computed
-            request.status = RequestStatus.RUNNING
-            self.running.append(request)
-            scheduled.append((request, num_new))
-            budget -= num_new
+            self._start_running(request, num_computed)
+            plan.add(request, num_new)
 
-        out.scheduled = [ScheduledRequest(request, num, self.kv_cache.block_ids(request))
-                         for request, num in scheduled]
-        out.block_copies = self.kv_cache.take_block_copies()
-        return out
+    def _cached_prefix(self, request: Request) -> CachedPrefix | None:
+        """The reusable cached prefix of a request that has computed nothing yet (None once it
+        has, or when it asks for prompt logprobs, which need every prompt position)."""
+        if request.num_computed_tokens or request.sampling_params.prompt_logprobs is not None:
+            return None
+        return self.kv_cache.find_cached_prefix(request)
+
+    def _start_running(self, request: Request, num_computed: int) -> None:
+        request.num_computed_tokens = num_computed
+        if request.first_scheduled_time is None:
+            request.first_scheduled_time = time.monotonic()
+            request.num_cached_tokens = num_computed
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
 
     def _exceeds_cache(self, num_tokens: int) -> bool:
         return -(-num_tokens // self.kv_cache.block_size) > self.kv_cache.num_blocks
@@ -180,10 +240,6 @@ class ContinuousBatchingScheduler(Scheduler):
                 request.num_computed_tokens = 0
                 released = True
         return released
-
-    @staticmethod
-    def _position(scheduled: list[tuple[Request, int]], request: Request) -> int:
-        return next(i for i, (r, _) in enumerate(scheduled) if r is request)
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
@@ -207,23 +263,29 @@ class ContinuousBatchingScheduler(Scheduler):
                 out.prompt_logprobs = result.prompt_logprobs[request.req_id]
             token = result.sampled_token_ids.get(request.req_id)
             if token is not None:
-                if request.first_token_time is None:
-                    request.first_token_time = time.monotonic()
-                request.append_token(token)
-                out.new_token_ids.append(token)
-                if request.req_id in result.logprobs:
-                    out.new_logprobs.append(result.logprobs[request.req_id])
-                if request.fork_children:
-                    self._fork_children(request)
-                status = self._check_stop(request, token)
-                if status is not None:
-                    self.running.remove(request)
-                    self._finish(request, status)
-                    out.finish_reason = status.value
-                    out.stop_reason = request.stop_reason
+                self._append_sampled(request, token, result, out)
             if out.new_token_ids or out.prompt_logprobs or out.finished:
                 outputs.append(out)
         return outputs
+
+    def _append_sampled(self, request: Request, token: int, result: RunnerOutput,
+                        out: EngineCoreOutput) -> None:
+        """Add a sampled token to the request (and ``out``), fork waiting siblings, and finish
+        the request if the token stops it."""
+        if request.first_token_time is None:
+            request.first_token_time = time.monotonic()
+        request.append_token(token)
+        out.new_token_ids.append(token)
+        if request.req_id in result.logprobs:
+            out.new_logprobs.append(result.logprobs[request.req_id])
+        if request.fork_children:
+            self._fork_children(request)
+        status = self._check_stop(request, token)
+        if status is not None:
+            self.running.remove(request)
+            self._finish(request, status)
+            out.finish_reason = status.value
+            out.stop_reason = request.stop_reason
 
     def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
         params = request.sampling_params

@@ -6,26 +6,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from octavo.engine.input_processor import PromptType
 from octavo.engine.llm_engine import LLMEngine
+from octavo.engine.stats import EngineInfo, EngineStats
 from octavo.entrypoints.llm import LLM, engine_config_from_kwargs
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import SamplingParams
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot of the engine's load, for metrics and admission control."""
-
-    num_running: int
-    num_waiting: int
-    num_kv_blocks: int
-    num_free_kv_blocks: int
-    block_size: int
-    kv_cache_usage: float  # fraction of blocks in use
 
 
 class AsyncLLM:
@@ -74,19 +62,23 @@ class AsyncLLM:
         finally:
             await stream.aclose()
 
+    @property
+    def info(self) -> EngineInfo:
+        """What this engine serves: model class, device, dtype, context, vocabulary, KV cache."""
+        return self.engine.info
+
+    def process_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """``(text, token ids)`` of a prompt as ``add_request`` would queue it; raises
+        ValueError on a prompt the engine would refuse (too long, bad token ids)."""
+        return self.engine.process_prompt(prompt)
+
     def stats(self) -> EngineStats:
         """The engine's load right now (request counts and KV cache occupancy).
 
         Read without the engine lock, so it never waits for a step; during a step the counts
         may be one step old.
         """
-        scheduler = self.engine.core.scheduler
-        kv_cache = scheduler.kv_cache
-        return EngineStats(
-            num_running=getattr(scheduler, "num_running", 0),
-            num_waiting=getattr(scheduler, "num_waiting", 0),
-            num_kv_blocks=kv_cache.num_blocks, num_free_kv_blocks=kv_cache.num_free_blocks,
-            block_size=kv_cache.block_size, kv_cache_usage=kv_cache.usage())
+        return self.engine.stats()
 
     # Chat prompts are rendered exactly as the offline API renders them.
     apply_chat_template = LLM.apply_chat_template

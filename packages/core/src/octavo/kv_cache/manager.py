@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from octavo.engine.request import Request
 from octavo.kv_cache.block_pool import Block, BlockHash, BlockPool, hash_block
+from octavo.request import Request
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,15 @@ class CachedPrefix:
 
 
 class KVCacheManager(ABC):
-    """Allocates, shares and frees a request's KV blocks."""
+    """Allocates, shares and frees a request's KV blocks; registered under
+    ``register_kv_cache_managers``.
+
+    Args:
+        num_blocks: blocks in the device pool (``num_blocks`` and ``block_size`` are read by
+            the scheduler and the engine's stats).
+        block_size: tokens per block.
+        enable_prefix_caching: reuse full blocks whose chained hash matches a new prompt.
+    """
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.num_blocks = num_blocks
@@ -60,6 +68,10 @@ class KVCacheManager(ABC):
     @abstractmethod
     def take_block_copies(self) -> list[tuple[int, int]]:
         """Copy-on-write copies ``(src, dst)`` decided since the last call; run before the step."""
+
+    @abstractmethod
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix block (their contents stay until they are reused)."""
 
 
 class PagedKVCacheManager(KVCacheManager):
@@ -106,31 +118,40 @@ class PagedKVCacheManager(KVCacheManager):
         return CachedPrefix(tuple(blocks), len(blocks) * self.block_size)
 
     def allocate_slots(self, request, num_new_tokens, prefix=None):
-        owned = self._blocks.get(request.req_id, [])
-        prefix_blocks = list(prefix.blocks) if prefix else []
+        prefix_blocks = prefix.blocks if prefix else ()
         num_computed = prefix.num_tokens if prefix else request.num_computed_tokens
-        num_total = num_computed + num_new_tokens
-        num_needed = -(-num_total // self.block_size) - len(owned) - len(prefix_blocks)
-        # Blocks in the write range that another request shares must be copied first.
-        first_written = num_computed // self.block_size
-        shared = [i for i in range(first_written, len(owned)) if owned[i].ref_cnt > 1]
+        owned = self._blocks.get(request.req_id, [])
+        num_grow = max(-(-(num_computed + num_new_tokens) // self.block_size)
+                       - len(owned) - len(prefix_blocks), 0)
+        shared = self._shared_in_write_range(owned, num_computed)
         # Reusing a free cached block takes it off the free queue too.
         num_revived = sum(1 for block in prefix_blocks if block.ref_cnt == 0)
-        if max(num_needed, 0) + len(shared) + num_revived > self.pool.num_free_blocks:
+        if num_grow + len(shared) + num_revived > self.pool.num_free_blocks:
             return False
-        if prefix_blocks:
-            self.pool.touch(prefix_blocks)
-            owned = self._blocks.setdefault(request.req_id, [])
-            owned.extend(prefix_blocks)
         owned = self._blocks.setdefault(request.req_id, owned)
+        self._reuse_prefix(owned, prefix_blocks)
+        self._copy_on_write(owned, shared)
+        owned.extend(self.pool.allocate(num_grow))
+        return True
+
+    def _shared_in_write_range(self, owned: list[Block], num_computed: int) -> list[int]:
+        """Positions in ``owned`` of blocks the next tokens write into that another request
+        also references: they must be copied first."""
+        first_written = num_computed // self.block_size
+        return [i for i in range(first_written, len(owned)) if owned[i].ref_cnt > 1]
+
+    def _reuse_prefix(self, owned: list[Block], prefix_blocks: tuple[Block, ...]) -> None:
+        """Take a reference to cached prefix blocks and make them the request's first blocks."""
+        self.pool.touch(prefix_blocks)
+        owned.extend(prefix_blocks)
+
+    def _copy_on_write(self, owned: list[Block], shared: list[int]) -> None:
+        """Give the request a private copy of each shared block it is about to write into."""
         for i in shared:
             (fresh,) = self.pool.allocate(1)
             self._copies.append((owned[i].block_id, fresh.block_id))
             self.pool.release([owned[i]])
             owned[i] = fresh
-        if num_needed > 0:
-            owned.extend(self.pool.allocate(num_needed))
-        return True
 
     def cache_computed_blocks(self, request):
         if not self.enable_prefix_caching:
@@ -157,3 +178,6 @@ class PagedKVCacheManager(KVCacheManager):
     def take_block_copies(self):
         copies, self._copies = self._copies, []
         return copies
+
+    def reset_prefix_cache(self):
+        self.pool.reset_prefix_cache()

@@ -1,4 +1,5 @@
-"""A request as the engine core tracks it."""
+"""A request as the engine core tracks it: shared by the scheduler, the KV cache managers and
+the model runner (a top-level module, so ``engine`` and ``kv_cache`` both import it)."""
 
 from __future__ import annotations
 
@@ -67,10 +68,6 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
-
-    @property
-    def is_prefill_done(self) -> bool:
-        return self.num_computed_tokens >= self.num_prompt_tokens
 
     def token_ids(self, start: int, stop: int) -> list[int]:
         """Tokens ``start:stop`` of prompt + output, without joining the two lists."""
