@@ -19,6 +19,7 @@ from torch import nn
 from octavo.attention.base import AttentionMetadata
 from octavo.attention.torch_backend import write_kv_cache
 from octavo.cli import cli
+from octavo.engine.scheduler import Scheduler
 from octavo.modeling import CausalLM, ModelContext
 from octavo.plugins import (
     REGISTRY_HOOKS,
@@ -266,7 +267,7 @@ def test_hook_register_weight_formats(tmp_path):
 def test_hook_register_schedulers():
     cls = example_class("register_schedulers", "example-fcfs")
     assert schedulers().get("example-fcfs") is cls
-    assert issubclass(cls, schedulers().get("fcfs"))
+    assert issubclass(cls, Scheduler) and not issubclass(cls, schedulers().get("fcfs"))
 
 
 def test_hook_register_kv_cache_managers():

@@ -46,9 +46,16 @@ def run_step(sched, rng=None, token=7):
 def check_invariants(sched, out):
     assert out.num_tokens <= sched.max_num_batched_tokens
     assert len(sched.running) <= sched.max_num_seqs
+    scheduled = {item.request.req_id for item in out.scheduled}
+    assert len(scheduled) == len(out.scheduled)
+    assert not scheduled & set(out.preempted_req_ids)  # a preempted request never runs
     for item in out.scheduled:
+        assert item.request.status == RequestStatus.RUNNING and item.num_tokens > 0
         needed = -(-(item.request.num_computed_tokens + item.num_tokens) // BS)
         assert len(item.block_ids) >= needed
+    counts = sched.request_counts()
+    assert (counts.running, counts.waiting, counts.swapped) == (
+        len(sched.running), len(sched.waiting), 0)
 
 
 def test_long_prompt_is_chunked_under_the_budget():
@@ -109,6 +116,28 @@ def test_priority_scheduler_runs_and_protects_high_priority():
     sched.add_request(high)
     out, _ = run_step(sched)
     assert [s.request.req_id for s in out.scheduled] == ["high"]
+
+
+def test_a_victim_scheduled_earlier_in_the_step_gives_its_tokens_back():
+    """Low priority comes first in the running list; when high needs a block, low is
+    preempted after it was scheduled in the same step, and leaves the step's batch."""
+    sched = make_scheduler(num_blocks=2, cls=PriorityScheduler, max_num_batched_tokens=64)
+    low = make_request("low", 1, max_tokens=6, priority=5, arrival=1.0)
+    high = make_request("high", 3, max_tokens=4, priority=0, arrival=2.0)
+    high.prompt_token_ids = [100, 101, 102]
+    sched.add_request(low)
+    run_step(sched)  # low: 1 block
+    sched.add_request(high)
+    run_step(sched)  # high: the other block
+    run_step(sched)  # both still fit their blocks
+    out, _ = run_step(sched)  # low writes position 3 of its block; high needs a new block
+    assert out.preempted_req_ids == ["low"]
+    assert [(s.request.req_id, s.num_tokens) for s in out.scheduled] == [("high", 1)]
+    assert low.status == RequestStatus.PREEMPTED and low.num_computed_tokens == 0
+    while sched.has_unfinished_requests():
+        run_step(sched)
+    assert (len(low.output_token_ids), len(high.output_token_ids)) == (6, 4)
+    assert sched.kv_cache.num_free_blocks == 2
 
 
 def test_abort_frees_blocks_at_once():

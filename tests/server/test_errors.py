@@ -141,7 +141,23 @@ def test_api_key_is_required_except_for_health_metrics_version(strict_server):
 
 
 def test_a_full_waiting_queue_answers_503_then_recovers(strict_server):
-    base, auth = strict_server.base_url, {"authorization": f"Bearer {KEY}"}
+    assert_queue_limit_holds(strict_server.base_url, {"authorization": f"Bearer {KEY}"})
+
+
+def test_the_queue_limit_holds_with_a_third_party_scheduler(tiny_folder):
+    """The example plugin's scheduler implements core's ``Scheduler`` interface without
+    subclassing core's scheduler; the server reads its waiting count through the interface."""
+    background = start_server(tiny_model(tiny_folder, max_waiting_requests=1, max_num_seqs=1,
+                                         scheduler="example-fcfs"))
+    try:
+        assert_queue_limit_holds(background.base_url, {})
+    finally:
+        background.stop()
+
+
+def assert_queue_limit_holds(base: str, auth: dict[str, str]) -> None:
+    """With one sequence running and one waiting, a third request gets 503 ``queue_full``;
+    once they are gone, requests are served again and every block is free."""
     long = {"model": MODEL, "prompt": "w1 w2", "max_tokens": 900, "temperature": 0,
             "ignore_eos": True, "stream": True}
     with httpx.Client(timeout=60, headers=auth) as http, \
