@@ -89,50 +89,40 @@ class Sampler:
         repetition penalty, presence and frequency penalties, in that order."""
         logits = logits.clone()
         vocab = logits.shape[1]
-        device = logits.device
-        bias_rows, bias_tokens, bias_values = [], [], []
-        for i, row in enumerate(rows):
-            params = row.params
-            for token, value in (params.logit_bias or {}).items():
-                if token >= vocab:
-                    raise ValueError(f"logit_bias token id {token} is outside the vocabulary "
-                                     f"(size {vocab})")
-                bias_rows.append(i)
-                bias_tokens.append(token)
-                bias_values.append(value)
-            if len(row.output_token_ids) < params.min_tokens:
-                banned = set(params.stop_token_ids)
-                if not params.ignore_eos:
-                    banned |= row.eos_token_ids
-                for token in banned:
-                    if token < vocab:
-                        bias_rows.append(i)
-                        bias_tokens.append(token)
-                        bias_values.append(float("-inf"))
-        if bias_rows:
-            ops.apply_token_bias(logits, _long(bias_rows, device), _long(bias_tokens, device),
-                                 torch.tensor(bias_values, device=device))
+        biases = _logit_bias_entries(rows, vocab) + _min_tokens_entries(rows, vocab)
+        if biases:
+            row_ids, token_ids, values = zip(*biases)
+            ops.apply_token_bias(logits, _long(row_ids, logits.device),
+                                 _long(token_ids, logits.device),
+                                 torch.tensor(values, device=logits.device))
+        self._apply_repetition_penalty(logits, rows)
+        self._apply_presence_frequency(logits, rows)
+        return logits
 
+    def _apply_repetition_penalty(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+        """Scale the logits of every token seen in the prompt or output (in place)."""
         rep = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
-        if rep:
-            seen = self._counts([(rows[i].prompt_token_ids, rows[i].output_token_ids)
-                                 for i in rep], vocab, device) > 0
-            penalty = torch.tensor([rows[i].params.repetition_penalty for i in rep],
-                                   device=device)
-            index = _long(rep, device)
-            logits[index] = ops.apply_repetition_penalty(logits[index], seen, penalty)
+        if not rep:
+            return
+        device = logits.device
+        seen = self._counts([(rows[i].prompt_token_ids, rows[i].output_token_ids)
+                             for i in rep], logits.shape[1], device) > 0
+        penalty = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=device)
+        index = _long(rep, device)
+        logits[index] = ops.apply_repetition_penalty(logits[index], seen, penalty)
 
+    def _apply_presence_frequency(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+        """Subtract the presence and frequency penalties of output tokens (in place)."""
         pf = [i for i, row in enumerate(rows) if row.output_token_ids
               and (row.params.presence_penalty != 0.0 or row.params.frequency_penalty != 0.0)]
-        if pf:
-            counts = self._counts([(rows[i].output_token_ids,) for i in pf], vocab, device)
-            presence = torch.tensor([rows[i].params.presence_penalty for i in pf], device=device)
-            frequency = torch.tensor([rows[i].params.frequency_penalty for i in pf],
-                                     device=device)
-            index = _long(pf, device)
-            logits[index] = ops.apply_presence_frequency(logits[index], counts, presence,
-                                                         frequency)
-        return logits
+        if not pf:
+            return
+        device = logits.device
+        counts = self._counts([(rows[i].output_token_ids,) for i in pf], logits.shape[1], device)
+        presence = torch.tensor([rows[i].params.presence_penalty for i in pf], device=device)
+        frequency = torch.tensor([rows[i].params.frequency_penalty for i in pf], device=device)
+        index = _long(pf, device)
+        logits[index] = ops.apply_presence_frequency(logits[index], counts, presence, frequency)
 
     @staticmethod
     def _counts(token_lists: list[tuple[Sequence[int], ...]], vocab: int,
@@ -207,5 +197,33 @@ def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
     return result
 
 
-def _long(values: list[int], device: torch.device) -> torch.Tensor:
+def _logit_bias_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, int, float]]:
+    """``(row, token, bias)`` for every ``logit_bias`` entry; a token outside the vocabulary
+    is an error."""
+    entries = []
+    for i, row in enumerate(rows):
+        for token, value in (row.params.logit_bias or {}).items():
+            if token >= vocab:
+                raise ValueError(f"logit_bias token id {token} is outside the vocabulary "
+                                 f"(size {vocab})")
+            entries.append((i, token, value))
+    return entries
+
+
+def _min_tokens_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, int, float]]:
+    """``(row, token, -inf)`` banning stop tokens (and EOS unless ignored) until a row has
+    ``min_tokens`` outputs."""
+    entries = []
+    for i, row in enumerate(rows):
+        params = row.params
+        if len(row.output_token_ids) >= params.min_tokens:
+            continue
+        banned = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            banned |= row.eos_token_ids
+        entries += [(i, token, float("-inf")) for token in banned if token < vocab]
+    return entries
+
+
+def _long(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long, device=device)
