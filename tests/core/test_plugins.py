@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,3 +161,14 @@ def test_octavo_testing_is_a_pytest11_plugin(pytestconfig):
     module = importlib.import_module("octavo.testing.pytest_plugin")
     assert ep.load() is module
     assert pytestconfig.pluginmanager.get_plugin("octavo") is module  # loaded in this session
+
+
+def test_the_pytest_plugin_leaves_torch_unimported_in_other_projects(tmp_path):
+    """Core's pytest11 plugin is active wherever core is installed; a project without gpu
+    tests must not pay for importing torch."""
+    (tmp_path / "test_plain.py").write_text(
+        "import sys\n\ndef test_plain():\n    assert 'torch' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
