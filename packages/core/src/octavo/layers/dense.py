@@ -1,20 +1,17 @@
 """The dense product behind every unquantized linear layer and the LM head.
 
-**Packed weights on the CPU.** torch's default CPU product (MKL's sgemm) runs its slow
-generic path on AMD processors and repacks the weight on every call; oneDNN's linear with a
-weight packed once for it (the path inductor takes with ``freezing``) does neither. Measured on
-2026-11-30 on the 2-core AMD EPYC (Zen 5, AVX-512) CI machine, torch 2.13, float32, one pass
-over SmolLM2-135M's 30 layers and LM head with weights beyond the caches: 66 ms against 24 ms
-at 16 rows (2.8x), 227 against 88 ms at 128 rows, 3.0 against 1.3 s at 2048 rows; outputs
-equal within float32 rounding (max |diff| 1.7e-4 on values of magnitude ~25). So float32
+**Packed weights on the CPU.** torch's default CPU product (MKL's sgemm) can run a slow
+generic path (on AMD processors) and repacks the weight on every call; oneDNN's linear with a
+weight packed once for it (the path inductor takes with ``freezing``) does neither. So float32
 weights on the CPU are packed once after loading (:func:`pack_for_cpu`) and the layers keep
 only the packed copy (an opaque oneDNN tensor: reading its values fails loudly, never
-silently). ``OCTAVO_CPU_PACKED_LINEAR=0`` turns packing off.
+silently). ``OCTAVO_CPU_PACKED_LINEAR=0`` turns packing off. The measurements behind this are
+in docs/benchmarks.md ("Dense products").
 
 **Unpacked on the CPU**, torch's BLAS runs one wide product (many output features, few rows)
-markedly slower than the same product in column blocks: the 49152-wide LM head of SmolLM2 took
-29.0 / 60.8 / 98.7 ms whole against 21.1 / 45.8 / 81.0 ms in blocks for 16 / 64 / 128 rows,
-while a 3072-wide product gained nothing. So only products wider than 8192 features split.
+markedly slower than the same product in column blocks, while a product a few thousand
+features wide gains nothing; so only products wider than 8192 features split (docs/benchmarks.md,
+"The dense split").
 """
 
 from __future__ import annotations
