@@ -14,10 +14,19 @@ if TYPE_CHECKING:
     from octavo.attention.base import AttentionBackend, AttentionMetadata
     from octavo.layers.quantization import QuantizationMethod
 
+# Per layer ``(key_cache, value_cache)``, each [num_blocks, block_size, num_kv_heads, head_size].
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Tensor parallelism (always 1 for now; layers take it so TP can arrive without rewrites)."""
+    """This process's place in tensor parallelism: the number of ranks and its own rank.
+
+    Layers shard their weights and reduce their outputs by it, over the default
+    ``torch.distributed`` process group (tested with 2 ranks over gloo). The engine itself
+    runs one rank today and always builds models with the default (1, 0); a caller that sets
+    up a process group may build a model with another.
+    """
 
     tensor_parallel_size: int = 1
     rank: int = 0
@@ -51,7 +60,7 @@ class CausalLM(nn.Module, ABC):
         self,
         input_ids: torch.Tensor,  # [num_tokens] int64
         positions: torch.Tensor,  # [num_tokens] int64
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: KVCaches,
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # hidden states [num_tokens, hidden_size]
         ...

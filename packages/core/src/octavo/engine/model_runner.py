@@ -8,9 +8,7 @@ import torch
 from octavo.attention.base import AttentionMetadata
 from octavo.engine.outputs import RunnerOutput, SchedulerOutput
 from octavo.engine.sampler import Sampler, SamplingRow, compute_prompt_logprobs
-from octavo.modeling import CausalLM, KVCacheSpec
-
-KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+from octavo.modeling import CausalLM, KVCaches, KVCacheSpec
 
 
 def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, block_size: int,

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-KVCaches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key_cache, value_cache
+from octavo.modeling import KVCaches
 
 
 class Swapper(ABC):

@@ -1,7 +1,7 @@
 """Tensor-parallel helpers: sizes and collectives (identities while ``tensor_parallel_size`` is 1).
 
-Collectives use the default ``torch.distributed`` process group, which the engine sets up when
-it runs with more than one rank.
+Collectives use the default ``torch.distributed`` process group, which whoever builds the
+model with ``tensor_parallel_size > 1`` must have initialized (the engine runs one rank today).
 """
 
 from __future__ import annotations
