@@ -93,6 +93,17 @@ def test_prefix_cache_hit_shares_full_blocks():
     assert kv.num_free_blocks == 16
 
 
+def test_reset_prefix_cache_forgets_freed_prefixes():
+    kv = PagedKVCacheManager(16, BS)
+    a = make_request("a", list(range(10)))
+    assert _add_computed(kv, a)
+    kv.free(a)
+    assert kv.find_cached_prefix(make_request("b", list(range(10)))).num_tokens == 8
+    kv.reset_prefix_cache()
+    assert kv.find_cached_prefix(make_request("c", list(range(10)))).num_tokens == 0
+    assert kv.num_free_blocks == 16
+
+
 def test_full_hit_still_computes_the_last_token():
     kv = PagedKVCacheManager(16, BS)
     a = make_request("a", list(range(8)))
@@ -136,6 +147,37 @@ def test_fork_then_copy_on_write_of_the_shared_partial_block():
     assert kv.num_free_blocks == 16
 
 
+def _add_computed(kv, req) -> bool:
+    """Allocate a new request's prompt (reusing a cached prefix) as if it were computed."""
+    prefix = kv.find_cached_prefix(req)
+    if not kv.allocate_slots(req, req.num_tokens - prefix.num_tokens, prefix):
+        return False
+    req.num_computed_tokens = req.num_tokens
+    kv.cache_computed_blocks(req)
+    return True
+
+
+def _grow_computed(kv, req, n: int) -> None:
+    """Append and compute ``n`` output tokens if blocks allow; else leave the request as is."""
+    req.output_token_ids.extend([1] * n)
+    if kv.allocate_slots(req, n):
+        req.num_computed_tokens += n
+        kv.cache_computed_blocks(req)
+    else:
+        del req.output_token_ids[-n:]
+
+
+def _assert_references_match(kv, live, num_blocks) -> None:
+    """Every block is either free or referenced exactly as often as requests hold it."""
+    held: dict[int, int] = {}
+    for req in live.values():
+        for block_id in kv.block_ids(req):
+            held[block_id] = held.get(block_id, 0) + 1
+    for block in kv.pool.blocks:
+        assert block.ref_cnt == held.get(block.block_id, 0)
+    assert kv.num_free_blocks == num_blocks - len(held)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_random_streams_never_leak_or_double_free(data):
@@ -147,20 +189,11 @@ def test_random_streams_never_leak_or_double_free(data):
         if action == "add":
             tokens = data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=20))
             req = make_request(f"r{step}", tokens)
-            prefix = kv.find_cached_prefix(req)
-            if kv.allocate_slots(req, req.num_tokens - prefix.num_tokens, prefix):
-                req.num_computed_tokens = req.num_tokens
-                kv.cache_computed_blocks(req)
+            if _add_computed(kv, req):
                 live[req.req_id] = req
         elif action == "grow" and live:
             req = live[data.draw(st.sampled_from(sorted(live)))]
-            n = data.draw(st.integers(1, 6))
-            req.output_token_ids.extend([1] * n)
-            if kv.allocate_slots(req, n):
-                req.num_computed_tokens += n
-                kv.cache_computed_blocks(req)
-            else:
-                del req.output_token_ids[-n:]
+            _grow_computed(kv, req, data.draw(st.integers(1, 6)))
         elif action == "fork" and live:
             parent = live[data.draw(st.sampled_from(sorted(live)))]
             child = make_request(f"f{step}", parent.all_token_ids)
@@ -170,14 +203,7 @@ def test_random_streams_never_leak_or_double_free(data):
         elif action == "free" and live:
             kv.free(live.pop(data.draw(st.sampled_from(sorted(live)))))
         kv.take_block_copies()
-        # Every block is either free or referenced exactly as often as requests hold it.
-        held: dict[int, int] = {}
-        for req in live.values():
-            for block_id in kv.block_ids(req):
-                held[block_id] = held.get(block_id, 0) + 1
-        for block in kv.pool.blocks:
-            assert block.ref_cnt == held.get(block.block_id, 0)
-        assert kv.num_free_blocks == num_blocks - len(held)
+        _assert_references_match(kv, live, num_blocks)
     for req in list(live.values()):
         kv.free(req)
     assert kv.num_free_blocks == num_blocks

@@ -67,6 +67,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         self.n = _int("n", self.n, low=1)
+        self._check_sampling()
+        self._check_penalties()
+        self._check_lengths()
+        self._check_outputs()
+
+    def _check_sampling(self) -> None:
+        """temperature, top_p, top_k, min_p and seed."""
         self.temperature = _real("temperature", self.temperature, low=0.0)
         if 0.0 < self.temperature < MIN_TEMPERATURE:
             self.temperature = MIN_TEMPERATURE
@@ -79,20 +86,29 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = 0
         self.min_p = _real("min_p", self.min_p, low=0.0, high=1.0)
+        if self.seed is not None:
+            self.seed = _int("seed", self.seed, low=_SEED_MIN, high=_SEED_MAX)
+
+    def _check_penalties(self) -> None:
+        """repetition, presence and frequency penalties, and logit_bias."""
         self.repetition_penalty = _real("repetition_penalty", self.repetition_penalty)
         if self.repetition_penalty <= 0.0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         self.presence_penalty = _real("presence_penalty", self.presence_penalty, -2.0, 2.0)
         self.frequency_penalty = _real("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         self.logit_bias = _logit_bias(self.logit_bias)
-        if self.seed is not None:
-            self.seed = _int("seed", self.seed, low=_SEED_MIN, high=_SEED_MAX)
+
+    def _check_lengths(self) -> None:
+        """max_tokens and min_tokens."""
         if self.max_tokens is not None:
             self.max_tokens = _int("max_tokens", self.max_tokens, low=1)
         self.min_tokens = _int("min_tokens", self.min_tokens, low=0)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens must be <= max_tokens ({self.max_tokens}), "
                              f"got {self.min_tokens}")
+
+    def _check_outputs(self) -> None:
+        """Stop conditions, flags and logprobs."""
         self.stop = _stop_strings(self.stop)
         self.stop_token_ids = _token_ids("stop_token_ids", self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):

@@ -71,11 +71,8 @@ class OutputProcessor:
 
     def process(self, core_outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
         """Return the updated requests' outputs and the core ids to abort (stop strings)."""
+        self._clear_deltas()
         touched: dict[str, _RequestState] = {}
-        for state in self._states.values():
-            for completion in state.completions:
-                completion.output.delta_text = ""
-                completion.output.delta_token_ids = []
         to_abort = []
         for core_out in core_outputs:
             entry = self._by_core_id.get(core_out.req_id)
@@ -83,10 +80,7 @@ class OutputProcessor:
                 continue
             state, completion = entry
             touched[state.request_id] = state
-            if core_out.prompt_logprobs and state.prompt_logprobs is not None:
-                start, entries = core_out.prompt_logprobs
-                for offset, token_logprobs in enumerate(entries):
-                    state.prompt_logprobs[start + 1 + offset] = self._logprob_dict(token_logprobs)
+            self._record_prompt_logprobs(state, core_out)
             if completion.output.finished:
                 continue
             if self._apply(completion, core_out) and not core_out.finished:
@@ -97,6 +91,19 @@ class OutputProcessor:
             if state.finished:
                 self._forget(state)
         return outputs, to_abort
+
+    def _clear_deltas(self) -> None:
+        """Deltas describe one step: start every completion's afresh."""
+        for state in self._states.values():
+            for completion in state.completions:
+                completion.output.delta_text = ""
+                completion.output.delta_token_ids = []
+
+    def _record_prompt_logprobs(self, state: _RequestState, core_out: EngineCoreOutput) -> None:
+        if core_out.prompt_logprobs and state.prompt_logprobs is not None:
+            start, entries = core_out.prompt_logprobs
+            for offset, token_logprobs in enumerate(entries):
+                state.prompt_logprobs[start + 1 + offset] = self._logprob_dict(token_logprobs)
 
     def _apply(self, completion: _Completion, core_out: EngineCoreOutput) -> bool:
         """Fold one core output into a completion; True if a stop string finished it."""
