@@ -5,7 +5,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from octavo.bench.gguf_f32 import write_float32_gguf
+from octavo_bench.gguf_f32 import write_float32_gguf
 
 
 def test_float32_copy_keeps_metadata_and_dequantizes(tmp_path):

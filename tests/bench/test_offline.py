@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from octavo import LLM, SamplingParams
-from octavo.bench.engines import add_bench_requests
-from octavo.bench.latency import time_batch
-from octavo.bench.workload import make_workload
 from octavo.cli import cli
 from octavo.testing.tiny_models import save_tiny_model
+from octavo_bench.engines import LlamaCppEngine, add_bench_requests
+from octavo_bench.latency import time_batch
+from octavo_bench.workload import make_workload
 
 
 def bench_report(tmp_path, args: list[str]) -> tuple[str, dict]:
@@ -54,7 +55,7 @@ def test_throughput_beside_hf(folder, tmp_path):
 
 
 def test_throughput_outputs_equal_llm_generate(folder):
-    from octavo.bench.engines import OctavoEngine, measure
+    from octavo_bench.engines import OctavoEngine, measure
 
     requests = make_workload("chat", 3, vocab_size=100, seed=2)
     requests = [type(r)(r.prompt_token_ids[:40], min(r.output_len, 20)) for r in requests]
@@ -66,10 +67,22 @@ def test_throughput_outputs_equal_llm_generate(folder):
     assert run.token_ids == [list(o.outputs[0].token_ids) for o in expected]
 
 
-def test_throughput_rejects_llama_cpp_without_a_gguf(folder):
+def test_throughput_without_llama_cpp_names_the_extra(folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # absent, installed or not
+    assert not LlamaCppEngine.available()
     result = CliRunner().invoke(cli, ["bench", "throughput", "-m", str(folder), "-n", "1",
                                       "--compare", "llama.cpp", "--no-progress"])
-    assert result.exit_code == 2 and "--llama-gguf" in result.output
+    assert result.exit_code == 2, result.output
+    assert "needs llama-cpp-python: pip install 'octavo-bench[llama-cpp]'" in result.output
+
+
+def test_throughput_rejects_llama_cpp_without_a_gguf(folder, monkeypatch):
+    """With llama-cpp-python present, a model without a GGUF asks for --llama-gguf."""
+    monkeypatch.setattr(LlamaCppEngine, "available", staticmethod(lambda: True))
+    result = CliRunner().invoke(cli, ["bench", "throughput", "-m", str(folder), "-n", "1",
+                                      "--compare", "llama.cpp", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "needs a GGUF: pass --llama-gguf" in result.output
 
 
 def test_latency_splits_prefill_from_decode_steps(folder, tmp_path):
@@ -175,7 +188,7 @@ def test_random_llama_and_model_are_exclusive(folder):
 
 
 def test_throughput_warmup_leaves_no_cached_prefix(folder):
-    from octavo.bench.engines import OctavoEngine
+    from octavo_bench.engines import OctavoEngine
 
     engine = OctavoEngine(str(folder), device="cpu", block_size=4)
     engine.load()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 
 import pytest
 from click.testing import CliRunner
 
-from octavo.bench.serve_client import ServeOptions, run_requests
-from octavo.bench.serve_metrics import serve_metrics
-from octavo.bench.workload import make_workload
 from octavo.cli import cli
+from octavo_bench.serve_client import ServeOptions, run_requests
+from octavo_bench.serve_metrics import serve_metrics
+from octavo_bench.workload import make_workload
 
 SLACK_MS = 250  # scheduling noise allowed on a loaded 2-core machine
 
@@ -48,7 +49,7 @@ def test_poisson_rate_spaces_the_requests(fake_server):
     start = time.perf_counter()
     records, _ = run(server, requests, request_rate=20.0, seed=1)
     sends = [r.sent - start for r in records]
-    from octavo.bench.serve_client import arrival_offsets
+    from octavo_bench.serve_client import arrival_offsets
 
     for sent, offset in zip(sends, arrival_offsets(6, 20.0, 1)):
         assert offset <= sent < offset + SLACK_MS / 1000
@@ -123,6 +124,7 @@ def test_serve_command_rejects_bad_options(args, message):
 
 
 def test_plot_of_serve_reports(fake_server, tmp_path):
+    pytest.importorskip("matplotlib")
     server = fake_server(ttft=0.0, itl=0.001)
     report = tmp_path / "fake.json"
     CliRunner().invoke(cli, ["bench", "serve", "--base-url", server.base_url, "--vocab-size",
@@ -137,3 +139,13 @@ def test_plot_of_serve_reports(fake_server, tmp_path):
     bad.write_text(json.dumps({"benchmark": "throughput"}))
     result = CliRunner().invoke(cli, ["bench", "plot", str(bad), "-o", str(png)])
     assert result.exit_code == 2 and "not a `bench serve` report" in result.output
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # absent, installed or not
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    result = CliRunner().invoke(cli, ["bench", "plot", str(report), "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 1, result.output
+    assert "plotting needs matplotlib: pip install 'octavo-bench[plot]'" in result.output
+    assert not (tmp_path / "p.png").exists()

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from octavo.bench.serve_client import RequestRecord, arrival_offsets
-from octavo.bench.serve_metrics import serve_metrics
-from octavo.bench.stats import summarize
-from octavo.bench.timing import BatchTiming, request_latencies
+from octavo_bench.serve_client import RequestRecord, arrival_offsets
+from octavo_bench.serve_metrics import serve_metrics
+from octavo_bench.stats import summarize
+from octavo_bench.timing import BatchTiming, request_latencies
 
 
 def test_summarize_matches_linear_interpolation_percentiles():

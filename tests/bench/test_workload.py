@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from octavo.bench.workload import (
+from octavo_bench.workload import (
     CHAT_INPUT_RANGE,
     CHAT_OUTPUT_RANGE,
     make_workload,

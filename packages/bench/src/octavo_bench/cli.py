@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from octavo.bench.workload import WORKLOADS, make_workload, workload_totals
 from octavo.commands import engine_options
+from octavo_bench.workload import WORKLOADS, make_workload, workload_totals
 
 PEERS = ("hf", "llama.cpp")
 
@@ -126,14 +126,14 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
                hf_batch_size, llama_gguf, random_llama, threads, as_json, output, progress,
                **options):
     """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
-    from octavo.bench.engines import LlamaCppEngine, OctavoEngine
-    from octavo.bench.report import emit
-    from octavo.bench.throughput import format_throughput, run_throughput
+    from octavo_bench.engines import LlamaCppEngine, OctavoEngine
+    from octavo_bench.report import emit
+    from octavo_bench.throughput import format_throughput, run_throughput
 
     threads = set_threads(threads)
     vocab_size = None
     if random_llama:
-        from octavo.bench.random_models import RANDOM_LLAMAS, save_random_llama
+        from octavo_bench.random_models import RANDOM_LLAMAS, save_random_llama
 
         if model:
             raise click.UsageError("give --model or --random-llama, not both")
@@ -149,7 +149,7 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
         else:
             if not LlamaCppEngine.available():
                 raise click.UsageError("--compare llama.cpp needs llama-cpp-python: "
-                                       "pip install llama-cpp-python")
+                                       "pip install 'octavo-bench[llama-cpp]'")
             gguf = llama_gguf or _model_gguf(model)
             n_ctx = -(-max(r.total_len for r in requests) // 256) * 256
             engines.append(LlamaCppEngine(gguf, threads=threads, n_ctx=n_ctx))
@@ -163,7 +163,7 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
 
 def hf_engine(model: str | None, options: dict[str, Any], batch_size: int):
     """HF transformers on the device and dtype the Octavo engine options ask for."""
-    from octavo.bench.engines import HFEngine
+    from octavo_bench.engines import HFEngine
 
     dtype, device = options.get("dtype", "auto"), options.get("device", "auto")
     if device == "auto":
@@ -177,8 +177,8 @@ def hf_engine(model: str | None, options: dict[str, Any], batch_size: int):
 
 def _model_gguf(model: str | None) -> str:
     """The float32 copy of the model's GGUF."""
-    from octavo.bench.gguf_f32 import write_float32_gguf
     from octavo.model_loader.loader import resolve_model_source
+    from octavo_bench.gguf_f32 import write_float32_gguf
 
     source = resolve_model_source(model)
     if not source.gguf_file:
@@ -200,9 +200,9 @@ def _model_gguf(model: str | None) -> str:
 def latency(model, batch_size, workload, input_len, output_len, workload_seed, num_iters,
             num_warmup, peers, threads, as_json, output, progress, **options):
     """Time one batch: its prefill, each decode step, and each request's TTFT and TPOT."""
-    from octavo.bench.latency import format_latency, run_latency, time_batch
-    from octavo.bench.report import emit
     from octavo.commands import build_llm
+    from octavo_bench.latency import format_latency, run_latency, time_batch
+    from octavo_bench.report import emit
 
     threads = set_threads(threads)
     requests, description, _ = build_requests(model, workload, batch_size, input_len,
@@ -250,9 +250,9 @@ def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, wo
           num_requests, input_len, output_len, workload_seed, request_rate, concurrencies,
           request_timeout, ignore_eos, extra_body, label, as_json, output, progress):
     """Stream a seeded workload from an OpenAI-compatible server; report TTFT, TPOT, ITL, E2E."""
-    from octavo.bench.report import emit
-    from octavo.bench.serve import format_serve, run_serve
-    from octavo.bench.serve_client import ServeOptions, served_model_name
+    from octavo_bench.report import emit
+    from octavo_bench.serve import format_serve, run_serve
+    from octavo_bench.serve_client import ServeOptions, served_model_name
 
     if prompt_format == "text" and vocab_size is not None:
         raise click.UsageError("--prompt-format text needs a tokenizer; drop --vocab-size")
@@ -294,10 +294,10 @@ def serve(base_url, served_model, endpoint, model, vocab_size, prompt_format, wo
 @click.option("--title", default=None)
 def plot(reports, output, title):
     """Plot output tokens/s against concurrency from `bench serve --output` REPORTS."""
-    try:
-        from octavo.bench.plot import plot_throughput
-    except ImportError as exc:
-        raise click.ClickException("plotting needs matplotlib: pip install matplotlib") from exc
+    from octavo_bench.plot import matplotlib_available, plot_throughput
+
+    if not matplotlib_available():
+        raise click.ClickException("plotting needs matplotlib: pip install 'octavo-bench[plot]'")
     try:
         path = plot_throughput(list(reports), output, title)
     except (ValueError, KeyError) as exc:

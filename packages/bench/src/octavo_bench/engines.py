@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from octavo.bench.machine import LoadWindow, peak_rss_bytes, reset_peak_rss
-from octavo.bench.timing import BatchTiming
-from octavo.bench.workload import BenchRequest
+from octavo_bench.machine import LoadWindow, peak_rss_bytes, reset_peak_rss
+from octavo_bench.timing import BatchTiming
+from octavo_bench.workload import BenchRequest
 
 
 @dataclass
@@ -281,7 +281,7 @@ class LlamaCppEngine:
             import llama_cpp
         except ImportError as exc:
             raise RuntimeError("--compare llama.cpp needs llama-cpp-python: "
-                               "pip install llama-cpp-python") from exc
+                               "pip install 'octavo-bench[llama-cpp]'") from exc
         self.llama = llama_cpp.Llama(model_path=self.gguf_path, n_ctx=self.n_ctx or 2048,
                                      n_batch=self.n_batch, n_threads=self.threads,
                                      n_threads_batch=self.threads, verbose=False)

@@ -20,12 +20,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from octavo.bench.engines import add_bench_requests
-from octavo.bench.machine import LoadWindow, machine_info
-from octavo.bench.report import format_machine, format_table
-from octavo.bench.stats import Summary, summarize
-from octavo.bench.timing import BatchTiming, request_latencies
-from octavo.bench.workload import BenchRequest
+from octavo_bench.engines import add_bench_requests
+from octavo_bench.machine import LoadWindow, machine_info
+from octavo_bench.report import format_machine, format_table
+from octavo_bench.stats import Summary, summarize
+from octavo_bench.timing import BatchTiming, request_latencies
+from octavo_bench.workload import BenchRequest
 
 
 def time_batch(engine, requests: list[BenchRequest]) -> BatchTiming:

@@ -6,6 +6,13 @@ import json
 from pathlib import Path
 
 
+def matplotlib_available() -> bool:
+    """Whether matplotlib (the ``plot`` extra) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def concurrency_series(report: dict) -> tuple[str, list[int], list[float]]:
     """(label, concurrencies, output tokens/s) of a ``bench serve`` report with limited runs."""
     if report.get("benchmark") != "serve":

@@ -9,11 +9,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from octavo.bench.machine import LoadWindow, machine_info
-from octavo.bench.report import format_machine, format_table
-from octavo.bench.serve_client import ServeOptions, run_requests
-from octavo.bench.serve_metrics import serve_metrics
-from octavo.bench.workload import BenchRequest
+from octavo_bench.machine import LoadWindow, machine_info
+from octavo_bench.report import format_machine, format_table
+from octavo_bench.serve_client import ServeOptions, run_requests
+from octavo_bench.serve_metrics import serve_metrics
+from octavo_bench.workload import BenchRequest
 
 
 def run_serve(options: ServeOptions, requests: list[BenchRequest],

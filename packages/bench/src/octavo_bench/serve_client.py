@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from octavo.bench.workload import BenchRequest
+from octavo_bench.workload import BenchRequest
 
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from octavo.bench.serve_client import RequestRecord
-from octavo.bench.stats import summarize
+from octavo_bench.serve_client import RequestRecord
+from octavo_bench.stats import summarize
 
 
 def serve_metrics(records: list[RequestRecord], duration: float) -> dict[str, Any]:

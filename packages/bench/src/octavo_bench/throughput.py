@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from octavo.bench.engines import Engine, EngineRun, measure
-from octavo.bench.machine import MiB, machine_info
-from octavo.bench.report import format_machine, format_table
-from octavo.bench.workload import BenchRequest, workload_totals
+from octavo_bench.engines import Engine, EngineRun, measure
+from octavo_bench.machine import MiB, machine_info
+from octavo_bench.report import format_machine, format_table
+from octavo_bench.workload import BenchRequest, workload_totals
 
 
 def run_throughput(engines: list[Engine], requests: list[BenchRequest], *,

@@ -1,4 +1,4 @@
-"""``octavo generate``, ``octavo chat`` (and the ``octavo bench`` group); engine options map onto the settings fields."""
+"""``octavo generate`` and ``octavo chat``; engine options map onto the settings fields."""
 
 from __future__ import annotations
 
@@ -116,6 +116,3 @@ def chat(model, system, params, **options):
 def register_commands(cli):
     cli.add_command(generate)
     cli.add_command(chat)
-    from octavo.bench.cli import bench
-
-    cli.add_command(bench)
