@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from octavo_cpu.backend import SDPA_MIN_QUERY_LEN, CpuAttentionBackend
-from octavo_cpu.build import load_ops
 
 from octavo.attention import select_attention_backend
 from octavo.testing.attention_suite import AttentionBackendSuite, make_paged_batch
+from octavo_cpu.backend import SDPA_MIN_QUERY_LEN, CpuAttentionBackend
+from octavo_cpu.build import load_ops
 
 if CpuAttentionBackend.unsupported_reason("cpu", torch.float32, 64) is not None:
     pytest.skip(CpuAttentionBackend.unsupported_reason("cpu", torch.float32, 64),

@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from octavo_cpu.backend import CpuAttentionBackend
 
 from octavo import LLM, SamplingParams
+from octavo_cpu.backend import CpuAttentionBackend
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=1)
 
