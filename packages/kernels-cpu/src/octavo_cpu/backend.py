@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -18,6 +20,36 @@ from octavo_cpu.build import load_ops, missing_toolchain
 # in SDPA; a batch of 16 decodes at context 1024, 1.4 ms in the kernel against 4.7-11 ms
 # gathered into the torch backend's padded products.
 SDPA_MIN_QUERY_LEN = 16
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Which requests of a batch the kernel attends and which SDPA does."""
+
+    kernel_seqs: torch.Tensor  # [n] int32, request indices for the kernel
+    sdpa_seqs: list[int]  # request indices for SDPA (long prefill chunks)
+
+
+def _split(metadata: AttentionMetadata, sdpa_min_query_len: int | None) -> CpuPlan:
+    starts = metadata.query_start_loc_cpu
+    kernel, sdpa = [], []
+    for i in range(metadata.num_seqs):
+        query_len = starts[i + 1] - starts[i]
+        if query_len == 0:
+            continue
+        long_chunk = sdpa_min_query_len is not None and query_len >= sdpa_min_query_len
+        (sdpa if long_chunk else kernel).append(i)
+    return CpuPlan(torch.tensor(kernel, dtype=torch.int32), sdpa)
+
+
+def sdpa_split_plan(metadata: AttentionMetadata) -> CpuPlan:
+    """Plain causal layers: chunks of ``SDPA_MIN_QUERY_LEN`` or more tokens go to SDPA."""
+    return _split(metadata, SDPA_MIN_QUERY_LEN)
+
+
+def kernel_only_plan(metadata: AttentionMetadata) -> CpuPlan:
+    """Layers with ALiBi, a window or a soft cap (which SDPA lacks): all go to the kernel."""
+    return _split(metadata, None)
 
 
 class CpuAttentionBackend(AttentionBackend):
@@ -42,8 +74,9 @@ class CpuAttentionBackend(AttentionBackend):
         self._slopes = (alibi_slopes.detach().to("cpu", torch.float32).contiguous()
                         if alibi_slopes is not None else None)
         # SDPA covers plain causal attention only; with a feature every request takes the kernel.
-        self._sdpa_prefill = alibi_slopes is None and sliding_window is None \
-            and logits_soft_cap is None
+        plain = alibi_slopes is None and sliding_window is None and logits_soft_cap is None
+        self._plan: Callable[[AttentionMetadata], CpuPlan] = (
+            sdpa_split_plan if plain else kernel_only_plan)
         self._paged_attention = load_ops().paged_attention
 
     @classmethod
@@ -55,7 +88,8 @@ class CpuAttentionBackend(AttentionBackend):
         write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
         query = query.contiguous()
         out = torch.empty_like(query)
-        kernel_seqs, sdpa_seqs = self._plan(metadata)
+        plan = metadata.derived(self._plan)  # once per step, shared by the layers
+        kernel_seqs = plan.kernel_seqs
         if kernel_seqs.numel():
             self._paged_attention(
                 out, query, key_cache, value_cache, metadata.block_tables.contiguous(),
@@ -63,28 +97,11 @@ class CpuAttentionBackend(AttentionBackend):
                 kernel_seqs, self.scale, self._slopes, self.sliding_window or 0,
                 self.logits_soft_cap or 0.0)
         starts = metadata.query_start_loc_cpu
-        for i in sdpa_seqs:
+        for i in plan.sdpa_seqs:
             lo, hi = starts[i], starts[i + 1]
             out[lo:hi] = self._prefill(query[lo:hi], key_cache, value_cache,
                                        metadata.block_tables[i], metadata.seq_lens_cpu[i])
         return out
-
-    def _plan(self, metadata: AttentionMetadata) -> tuple[torch.Tensor, list[int]]:
-        """(sequences for the kernel as an int32 tensor, sequences for SDPA); once per step."""
-        key = f"cpu_plan_{self._sdpa_prefill}"
-        plan = metadata.memo.get(key)
-        if plan is None:
-            starts = metadata.query_start_loc_cpu
-            kernel, sdpa = [], []
-            for i in range(metadata.num_seqs):
-                query_len = starts[i + 1] - starts[i]
-                if query_len == 0:
-                    continue
-                long_chunk = self._sdpa_prefill and query_len >= SDPA_MIN_QUERY_LEN
-                (sdpa if long_chunk else kernel).append(i)
-            plan = (torch.tensor(kernel, dtype=torch.int32), sdpa)
-            metadata.memo[key] = plan
-        return plan
 
     def _prefill(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                  block_table: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from octavo.attention.base import AttentionBackend, AttentionMetadata
-from octavo_cuda.build import load_ops, toolchain_available
+from octavo_cuda.build import load_ops, missing_toolchain
 
 
 class CudaAttentionBackend(AttentionBackend):
@@ -49,9 +49,6 @@ class CudaAttentionBackend(AttentionBackend):
     ) -> None:
         super().__init__(num_heads, head_size, num_kv_heads, scale, alibi_slopes=alibi_slopes,
                          sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
-        if head_size not in self.supported_head_sizes:
-            raise ValueError(f"{type(self).__name__} supports head sizes "
-                             f"{self.supported_head_sizes}, not {head_size}")
         self.partition_size = int(partition_size)
         self.tensor_cores = bool(tensor_cores)
         self._slopes: dict[torch.device, torch.Tensor] = {}
@@ -60,8 +57,9 @@ class CudaAttentionBackend(AttentionBackend):
         self._paged_attention = ops.paged_attention
 
     @classmethod
-    def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
-        return super().supports(device, dtype, head_size) and toolchain_available()
+    def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
+                           head_size: int) -> str | None:
+        return super().unsupported_reason(device, dtype, head_size) or missing_toolchain()
 
     def _alibi_on(self, device: torch.device) -> torch.Tensor | None:
         if self.alibi_slopes is None:

@@ -57,9 +57,20 @@ def find_nvcc() -> str | None:
     return str(default) if default.exists() else None
 
 
+def missing_toolchain() -> str | None:
+    """What the build lacks (a CUDA build of torch, a CUDA device, nvcc), or None."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)"
+    if find_nvcc() is None:
+        return "nvcc not found (set CUDA_HOME, or put nvcc on PATH)"
+    return None
+
+
 def toolchain_available() -> bool:
     """True when torch has CUDA and a CUDA device and nvcc is installed."""
-    return torch.version.cuda is not None and torch.cuda.is_available() and find_nvcc() is not None
+    return missing_toolchain() is None
 
 
 def cuda_arch_flags() -> list[str]:
@@ -84,10 +95,11 @@ def load_ops(verbose: bool | None = None) -> Any:
     global _loaded
     with _lock:
         if not _loaded:
-            if not toolchain_available():
+            missing = missing_toolchain()
+            if missing is not None:
                 raise RuntimeError(
-                    "octavo_cuda needs a CUDA build of torch, a CUDA device and nvcc "
-                    "(set CUDA_HOME)")
+                    "octavo_cuda needs a CUDA build of torch, a CUDA device and nvcc: "
+                    f"{missing}")
             from torch.utils.cpp_extension import load
 
             if verbose is None:

@@ -11,11 +11,10 @@ from octavo_triton.attention_kernels import paged_attention
 from octavo_triton.cache_kernels import reshape_and_cache
 from octavo_triton.launch import interpreter_requested, triton_unavailable_reason
 
-MAX_HEAD_SIZE = 256
-
 
 def min_query_len(metadata: AttentionMetadata) -> int:
-    """The shortest query of the batch, from the host copy (no device sync)."""
+    """The shortest query of the batch, from the host copy (no device sync); a
+    :meth:`AttentionMetadata.derived` builder, so it is computed once per step."""
     starts = metadata.query_start_loc_cpu
     return min((hi - lo for lo, hi in zip(starts, starts[1:])), default=0)
 
@@ -30,6 +29,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     name = "triton"
     supported_devices: ClassVar[tuple[str, ...]] = ("cuda", "cpu")
+    max_head_size: ClassVar[int | None] = 256  # any size up to it: tiles are padded and masked
     priority: ClassVar[int] = -10 if interpreter_requested() else 10
     supports_alibi: ClassVar[bool] = True
     supports_sliding_window: ClassVar[bool] = True
@@ -38,10 +38,8 @@ class TritonAttentionBackend(AttentionBackend):
     @classmethod
     def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
                            head_size: int) -> str | None:
-        if not 1 <= head_size <= MAX_HEAD_SIZE:
-            return f"head size {head_size} is outside 1..{MAX_HEAD_SIZE}"
-        return (triton_unavailable_reason(device)
-                or super().unsupported_reason(device, dtype, head_size))
+        return (super().unsupported_reason(device, dtype, head_size)
+                or triton_unavailable_reason(device))
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -68,6 +66,6 @@ class TritonAttentionBackend(AttentionBackend):
             metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
             num_tokens=metadata.num_tokens, max_query_len=metadata.max_query_len,
             max_seq_len=metadata.max_seq_len, scale=self.scale,
-            min_query_len=min_query_len(metadata),
+            min_query_len=metadata.derived(min_query_len),
             alibi_slopes=alibi, sliding_window=self.sliding_window,
             logits_soft_cap=self.logits_soft_cap, config=self.launch_config)

@@ -11,10 +11,13 @@ A token at position ``pos`` of request ``r`` lives in slot
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, final
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,9 +36,9 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: list[int]  # host copies, so backends need not synchronize
     seq_lens_cpu: list[int]
-    # Scratch shared by every layer of one step: backends keep tensors derived from this
-    # metadata here (index tensors, launch plans) instead of rebuilding them per layer.
-    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # derived(): builder -> its result for this metadata, shared by every layer of the step.
+    _derived: dict[Callable[[AttentionMetadata], Any], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_seqs(self) -> int:
@@ -45,23 +48,38 @@ class AttentionMetadata:
     def num_tokens(self) -> int:
         return self.query_start_loc_cpu[-1]
 
-    @property
-    def is_decode_only(self) -> bool:
-        return self.max_query_len == 1
+    def derived(self, build: Callable[[AttentionMetadata], T]) -> T:
+        """``build(self)``, computed on the first call and cached for the rest of the step.
+
+        Backends keep what they derive from the batch (index tensors, launch plans) here
+        instead of rebuilding it in every layer. The cache is keyed by ``build`` itself, so
+        pass a module-level function (a new lambda or ``partial`` per call would never hit);
+        a builder that needs a parameter is one function per value of it. ``build`` must
+        depend on the metadata only, which is never changed after it is built.
+        """
+        try:
+            return self._derived[build]
+        except KeyError:
+            value = self._derived[build] = build(self)
+            return value
 
 
 class AttentionBackend(ABC):
     """Paged attention for one layer: writes the new K/V into the cache, then attends.
 
-    Subclasses declare what they support; the engine picks the supported backend with the
-    highest ``priority`` unless the user names one.
+    Subclasses declare what they support (``supported_devices``, ``supported_dtypes``,
+    ``supported_head_sizes`` or ``max_head_size``); a limit the tables cannot express (a
+    missing compiler, no GPU) goes in an override of :meth:`unsupported_reason`, which
+    calls ``super()`` for the tables. The engine picks the supported backend with the highest
+    ``priority`` unless the user names one.
     """
 
     name: ClassVar[str]
     supported_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
         torch.float32, torch.float16, torch.bfloat16)
-    supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any up to the max
+    max_head_size: ClassVar[int | None] = None  # None: no upper limit
     priority: ClassVar[int] = 0
     # Optional features; a backend that sets one to False is refused a layer that needs it.
     supports_alibi: ClassVar[bool] = True
@@ -92,6 +110,9 @@ class AttentionBackend(ABC):
             raise ValueError(f"sliding_window must be positive, got {sliding_window}")
         if logits_soft_cap is not None and logits_soft_cap <= 0:
             raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
+        reason = self._head_size_reason(head_size)
+        if reason is not None:
+            raise ValueError(f"attention backend {self.name!r}: {reason}")
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads
@@ -100,21 +121,45 @@ class AttentionBackend(ABC):
         self.sliding_window = sliding_window
         self.logits_soft_cap = logits_soft_cap
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supports" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} overrides supports(); override "
+                "unsupported_reason() instead (return why the backend cannot run, or None), "
+                "so the engine can log the reason. supports() is derived from it.")
+
+    @final
     @classmethod
     def supports(cls, device: torch.device | str, dtype: torch.dtype, head_size: int) -> bool:
+        """Whether :meth:`unsupported_reason` finds nothing against it. Do not override."""
         return cls.unsupported_reason(device, dtype, head_size) is None
 
     @classmethod
     def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
                            head_size: int) -> str | None:
-        """Why this backend cannot run here (logged when the engine falls back), else None."""
+        """Why this backend cannot run here (logged when the engine falls back), else None.
+
+        The base class checks the declared tables; an override adds its own conditions after
+        ``super().unsupported_reason(...)`` and says what is missing.
+        """
         device_type = torch.device(device).type
         if device_type not in cls.supported_devices:
             return f"device {device_type!r} is not one of {', '.join(cls.supported_devices)}"
         if dtype not in cls.supported_dtypes:
             return f"dtype {dtype} is not supported"
-        if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
-            return f"head size {head_size} is not one of {cls.supported_head_sizes}"
+        return cls._head_size_reason(head_size)
+
+    @classmethod
+    def _head_size_reason(cls, head_size: int) -> str | None:
+        if cls.supported_head_sizes is not None:
+            if head_size not in cls.supported_head_sizes:
+                return f"head size {head_size} is not one of {cls.supported_head_sizes}"
+            return None
+        if head_size < 1:
+            return f"head size {head_size} is not positive"
+        if cls.max_head_size is not None and head_size > cls.max_head_size:
+            return f"head size {head_size} is outside 1..{cls.max_head_size}"
         return None
 
     @abstractmethod

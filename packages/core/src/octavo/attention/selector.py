@@ -12,15 +12,6 @@ from octavo.plugins import attention_backends
 logger = logging.getLogger(__name__)
 
 
-def unsupported_reason(backend: type[AttentionBackend], device: torch.device | str,
-                       dtype: torch.dtype, head_size: int) -> str | None:
-    """Why ``backend`` cannot serve this layer shape, or None when it can."""
-    if backend.supports(device, dtype, head_size):
-        return None
-    return (backend.unsupported_reason(device, dtype, head_size)
-            or f"{backend.__name__}.supports() refused it")
-
-
 def select_attention_backend(
     device: torch.device | str, dtype: torch.dtype, head_size: int, name: str | None = None
 ) -> type[AttentionBackend]:
@@ -36,7 +27,7 @@ def select_attention_backend(
             raise ValueError(f"unknown attention backend {name!r}; installed: "
                              f"{', '.join(registry.names())}")
         backend = registry.get(name)
-        reason = unsupported_reason(backend, device, dtype, head_size)
+        reason = backend.unsupported_reason(device, dtype, head_size)
         if reason is not None:
             raise ValueError(f"attention backend {name!r} does not support {where}: {reason}")
         return backend
@@ -48,7 +39,7 @@ def select_attention_backend(
         except Exception as exc:  # a broken optional backend must not stop the engine
             passed_over.append((backend_name, None, f"{type(exc).__name__}: {exc}"))
             continue
-        reason = unsupported_reason(backend, device, dtype, head_size)
+        reason = backend.unsupported_reason(device, dtype, head_size)
         if reason is None:
             candidates.append(backend)
         else:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from octavo.attention.base import AttentionBackend, AttentionMetadata
@@ -131,28 +135,48 @@ def group_by_length(seq_lens: list[int], max_padding: float = MAX_DECODE_PADDING
     return groups
 
 
-def _decode_plan(metadata: AttentionMetadata, block_size: int):
-    """The batch's decodes, and per group of similar context length its query rows, seq lens
-    and gather slots; built once per step."""
-    plan = metadata.memo.get("torch_decode_plan")
-    if plan is None:
-        starts = metadata.query_start_loc_cpu
-        decodes = [i for i in range(metadata.num_seqs) if starts[i + 1] - starts[i] == 1]
-        groups = []
-        if len(decodes) >= 2:
-            device = metadata.seq_lens.device
-            lens = [metadata.seq_lens_cpu[i] for i in decodes]
-            for members in group_by_length(lens):
-                seqs = [decodes[j] for j in members]
-                index = torch.tensor(seqs, device=device)
-                seq_lens = metadata.seq_lens[index].long()
-                width = -(-max(lens[j] for j in members) // block_size) * block_size
-                slots = _decode_slots(metadata.block_tables[index], seq_lens, block_size, width)
-                rows = torch.tensor([starts[i] for i in seqs], device=device)
-                groups.append((rows, seq_lens, slots))
-        plan = (decodes if groups else [], groups)
-        metadata.memo["torch_decode_plan"] = plan
-    return plan
+@dataclass(frozen=True)
+class DecodeGroup:
+    """Decodes of similar context length, attended in one batched product."""
+
+    rows: torch.Tensor  # [n] int64, their query rows in the packed batch
+    seq_lens: torch.Tensor  # [n] int64
+    slots: torch.Tensor  # [n * width] int64, from _decode_slots
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """The batch's decodes that run in groups (none when fewer than two), and the groups."""
+
+    decodes: frozenset[int]
+    groups: list[DecodeGroup]
+
+
+def _build_decode_plan(metadata: AttentionMetadata, block_size: int) -> DecodePlan:
+    """Groups the batch's decodes by context length: query rows, seq lens, gather slots."""
+    starts = metadata.query_start_loc_cpu
+    decodes = [i for i in range(metadata.num_seqs) if starts[i + 1] - starts[i] == 1]
+    if len(decodes) < 2:
+        return DecodePlan(frozenset(), [])
+    device = metadata.seq_lens.device
+    lens = [metadata.seq_lens_cpu[i] for i in decodes]
+    groups = []
+    for members in group_by_length(lens):
+        seqs = [decodes[j] for j in members]
+        index = torch.tensor(seqs, device=device)
+        seq_lens = metadata.seq_lens[index].long()
+        width = -(-max(lens[j] for j in members) // block_size) * block_size
+        groups.append(DecodeGroup(
+            rows=torch.tensor([starts[i] for i in seqs], device=device), seq_lens=seq_lens,
+            slots=_decode_slots(metadata.block_tables[index], seq_lens, block_size, width)))
+    return DecodePlan(frozenset(decodes), groups)
+
+
+@functools.cache
+def decode_plan_builder(block_size: int) -> Callable[[AttentionMetadata], DecodePlan]:
+    """The :meth:`AttentionMetadata.derived` builder of the decode plan for ``block_size``
+    (one function per block size, so the plan is built once per step)."""
+    return functools.partial(_build_decode_plan, block_size=block_size)
 
 
 def paged_attention_reference(
@@ -175,12 +199,12 @@ def paged_attention_reference(
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
     starts = metadata.query_start_loc_cpu
-    decodes, groups = _decode_plan(metadata, key_cache.shape[1])
-    for rows, seq_lens, slots in groups:
-        out.index_copy_(0, rows, _decode_attention(
-            query.index_select(0, rows), key_cache, value_cache, slots, seq_lens, scale,
+    plan = metadata.derived(decode_plan_builder(key_cache.shape[1]))
+    for g in plan.groups:
+        out.index_copy_(0, g.rows, _decode_attention(
+            query.index_select(0, g.rows), key_cache, value_cache, g.slots, g.seq_lens, scale,
             alibi_slopes, sliding_window, logits_soft_cap))
-    batched = set(decodes)
+    batched = plan.decodes
     for i, seq_len in enumerate(metadata.seq_lens_cpu):
         q_lo, q_hi = starts[i], starts[i + 1]
         query_len = q_hi - q_lo
