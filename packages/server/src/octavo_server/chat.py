@@ -14,7 +14,6 @@ from octavo_server.generation import (
     final_usage,
     process_prompt,
     sampling_params,
-    usage,
 )
 from octavo_server.models import ServedModel
 from octavo_server.protocol import (
@@ -32,7 +31,7 @@ from octavo_server.protocol import (
     random_id,
 )
 from octavo_server.state import app_state
-from octavo_server.streaming import event_stream, sse
+from octavo_server.streaming import ChoiceDelta, StreamProgress, event_stream, sse
 
 router = APIRouter()
 
@@ -84,16 +83,19 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return event_stream(_chunks(body, generation, response_id, model), generation)
     (output,) = await generation.final_outputs_unless_disconnected(request)
     choices = [ChatChoice(index=c.index, message=ChatResponseMessage(content=c.text),
-                          logprobs=_logprobs(c.token_ids, c.logprobs, body.top_logprobs or 0)
-                          if body.logprobs else None,
+                          logprobs=_logprobs(body, c.token_ids, c.logprobs),
                           finish_reason=c.finish_reason, stop_reason=c.stop_reason)
                for c in output.outputs]
     return ChatCompletionResponse(id=response_id, model=model.name, choices=choices,
                                   usage=final_usage([output]))
 
 
-def _logprobs(token_ids: list[int], entries: list[TokenLogprobDict] | None,
-              num_top: int) -> ChatLogprobs:
+def _logprobs(body: ChatCompletionRequest, token_ids: list[int],
+              entries: list[TokenLogprobDict] | None) -> ChatLogprobs | None:
+    """The tokens' logprobs, each with ``top_logprobs`` alternatives; None unless asked for."""
+    if not body.logprobs:
+        return None
+    num_top = body.top_logprobs or 0
     content = []
     for token_id, entry in zip(token_ids, entries or []):
         chosen = entry[token_id]
@@ -110,10 +112,7 @@ async def _chunks(body: ChatCompletionRequest, generation: Generation, response_
                   model: ServedModel) -> AsyncIterator[str]:
     """The role first for every choice, then content deltas, each choice's finish_reason, and
     usage last when asked."""
-    prompt_tokens = len(generation.prompts[0].token_ids)
-    sent_tokens = dict.fromkeys(range(generation.n), 0)
-    finished: set[int] = set()
-    continuous = body.stream_options and body.stream_options.continuous_usage_stats
+    progress = StreamProgress.of(body, generation)
 
     def chunk(choices, usage_info=None) -> str:
         return sse(ChatCompletionChunk(id=response_id, model=model.name, choices=choices,
@@ -122,24 +121,15 @@ async def _chunks(body: ChatCompletionRequest, generation: Generation, response_
     for index in range(generation.n):
         yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant",
                                                                         content=""))])
-    async for _, output in generation.outputs():
-        choices = []
-        for c in output.outputs:
-            done = sent_tokens[c.index]
-            new_ids = c.token_ids[done:]
-            if c.index in finished or not (new_ids or c.delta_text or c.finished):
-                continue
-            sent_tokens[c.index] = len(c.token_ids)
-            if c.finished:
-                finished.add(c.index)
-            logprobs = (_logprobs(new_ids, (c.logprobs or [])[done:], body.top_logprobs or 0)
-                        if body.logprobs else None)
-            choices.append(ChatStreamChoice(
-                index=c.index, delta=DeltaMessage(content=c.delta_text) if c.delta_text
-                else DeltaMessage(), logprobs=logprobs, finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason))
-        if choices:
-            yield chunk(choices, usage(prompt_tokens, sum(sent_tokens.values()))
-                        if continuous else None)
+    async for _, deltas in progress.steps(generation):
+        yield chunk([_stream_choice(body, delta) for delta in deltas], progress.chunk_usage())
     if body.include_usage:
-        yield chunk([], usage(prompt_tokens, sum(sent_tokens.values())))
+        yield chunk([], progress.usage())
+
+
+def _stream_choice(body: ChatCompletionRequest, delta: ChoiceDelta) -> ChatStreamChoice:
+    c = delta.completion
+    return ChatStreamChoice(
+        index=delta.index, delta=DeltaMessage(content=c.delta_text) if c.delta_text
+        else DeltaMessage(), logprobs=_logprobs(body, delta.token_ids, delta.logprobs),
+        finish_reason=c.finish_reason, stop_reason=c.stop_reason)

@@ -15,7 +15,6 @@ from octavo_server.generation import (
     final_usage,
     process_prompt,
     sampling_params,
-    usage,
 )
 from octavo_server.protocol import (
     CompletionChoice,
@@ -25,7 +24,7 @@ from octavo_server.protocol import (
     random_id,
 )
 from octavo_server.state import app_state
-from octavo_server.streaming import event_stream, sse
+from octavo_server.streaming import ChoiceDelta, StreamProgress, event_stream, sse
 
 router = APIRouter()
 
@@ -75,6 +74,7 @@ class CompletionView:
         self.tokenizer = tokenizer
         self.body = body
         self.prompts = prompts
+        self.text_offsets: dict[int, int] = {}  # choice index -> characters of its tokens so far
 
     def _prompt_text(self, prompt: Prompt) -> str:
         return prompt.text if prompt.text is not None else self.tokenizer.decode(prompt.token_ids)
@@ -100,66 +100,44 @@ class CompletionView:
 
     def choice(self, index: int, output: RequestOutput, completion: CompletionOutput
                ) -> CompletionChoice:
-        prompt = self.prompts[index // self.body.n]
-        text, logprobs = completion.text, None
+        """The whole choice (a response that does not stream)."""
+        whole = ChoiceDelta(index, completion, completion.token_ids, completion.logprobs or [],
+                            first=True)
+        return self._choice(output, whole, completion.text)
+
+    def _choice(self, output: RequestOutput, delta: ChoiceDelta, text: str) -> CompletionChoice:
+        """``text`` and the logprobs of ``delta``'s tokens, after the prompt on the choice's
+        first chunk when echo is set."""
+        prompt = self.prompts[delta.index // self.body.n]
+        echo = self.body.echo and delta.first
+        logprobs = None
         if self.body.logprobs is not None:
-            logprobs = CompletionLogprobs()
-            if self.body.echo:
-                logprobs = self._echo_logprobs(output, prompt)
-            start = len(self._prompt_text(prompt)) if self.body.echo else 0
-            _extend(logprobs, self._logprobs(completion.token_ids, completion.logprobs or [],
-                                             start))
-        if self.body.echo:
+            logprobs = self._echo_logprobs(output, prompt) if echo else CompletionLogprobs()
+            start = self.text_offsets.get(delta.index,
+                                          len(self._prompt_text(prompt)) if echo else 0)
+            fresh = self._logprobs(delta.token_ids, delta.logprobs, start)
+            _extend(logprobs, fresh)
+            self.text_offsets[delta.index] = start + sum(len(t) for t in fresh.tokens)
+        if echo:
             text = self._prompt_text(prompt) + text
-        return CompletionChoice(index=index, text=text, logprobs=logprobs,
+        completion = delta.completion
+        return CompletionChoice(index=delta.index, text=text, logprobs=logprobs,
                                 finish_reason=completion.finish_reason,
                                 stop_reason=completion.stop_reason)
 
     async def chunks(self, generation: Generation, response_id: str, model_name: str
                      ) -> AsyncIterator[str]:
-        body = self.body
-        sent_tokens: dict[int, int] = {}  # choice index -> tokens streamed so far
-        sent_chars: dict[int, int] = {}  # choice index -> characters of tokens streamed so far
-        finished: set[int] = set()
-        prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
+        progress = StreamProgress.of(self.body, generation)
 
         def chunk(choices, usage_info=None) -> str:
             return sse(CompletionResponse(id=response_id, model=model_name, choices=choices,
                                           usage=usage_info))
 
-        async for prompt_index, output in generation.outputs():
-            prompt = self.prompts[prompt_index]
-            choices = []
-            for completion in output.outputs:
-                index = generation.choice_index(prompt_index, completion.index)
-                done = sent_tokens.get(index, 0)
-                new_ids = completion.token_ids[done:]
-                if index in finished or not (new_ids or completion.delta_text
-                                             or completion.finished):
-                    continue
-                echo = body.echo and index not in sent_tokens
-                text, logprobs = completion.delta_text, None
-                if echo:
-                    text = self._prompt_text(prompt) + text
-                if body.logprobs is not None:
-                    logprobs = (self._echo_logprobs(output, prompt) if echo
-                                else CompletionLogprobs())
-                    start = sent_chars.get(index, len(self._prompt_text(prompt)) if echo else 0)
-                    fresh = self._logprobs(new_ids, (completion.logprobs or [])[done:], start)
-                    _extend(logprobs, fresh)
-                    sent_chars[index] = start + sum(len(t) for t in fresh.tokens)
-                sent_tokens[index] = len(completion.token_ids)
-                if completion.finished:
-                    finished.add(index)
-                choices.append(CompletionChoice(
-                    index=index, text=text, logprobs=logprobs,
-                    finish_reason=completion.finish_reason, stop_reason=completion.stop_reason))
-            if choices:
-                continuous = body.stream_options and body.stream_options.continuous_usage_stats
-                yield chunk(choices, usage(prompt_tokens, sum(sent_tokens.values()))
-                            if continuous else None)
-        if body.include_usage:
-            yield chunk([], usage(prompt_tokens, sum(sent_tokens.values())))
+        async for output, deltas in progress.steps(generation):
+            yield chunk([self._choice(output, delta, delta.completion.delta_text)
+                         for delta in deltas], progress.chunk_usage())
+        if self.body.include_usage:
+            yield chunk([], progress.usage())
 
 
 def _rank(logprob) -> int:
