@@ -11,6 +11,7 @@ from octavo.attention.base import AttentionMetadata
 from octavo.attention.torch_backend import (
     MAX_DECODE_PADDING,
     TorchAttentionBackend,
+    decode_plan_builder,
     group_by_length,
 )
 from octavo.testing.attention_suite import AttentionBackendSuite, alibi_slopes, make_paged_batch
@@ -188,3 +189,44 @@ def test_suite_batch_builder_layout():
     assert flat[expected_slots].isnan().all() and batch.key_cache[0].isnan().all()
 
 
+
+
+def test_derived_data_is_built_once_per_metadata_and_builder():
+    calls = []
+
+    def num_decodes(md: AttentionMetadata) -> int:
+        calls.append(("decodes", md))
+        starts = md.query_start_loc_cpu
+        return sum(hi - lo == 1 for lo, hi in zip(starts, starts[1:]))
+
+    def longest(md: AttentionMetadata) -> int:
+        calls.append(("longest", md))
+        return max(md.seq_lens_cpu)
+
+    gen = torch.Generator().manual_seed(0)
+    first = make_paged_batch([1, 3, 1], [5, 9, 2], num_heads=2, num_kv_heads=1, head_size=8,
+                             block_size=4, generator=gen).metadata
+    second = make_paged_batch([1], [3], num_heads=2, num_kv_heads=1, head_size=8,
+                              block_size=4, generator=gen).metadata
+    for _ in range(3):  # one per layer
+        assert first.derived(num_decodes) == 2 and first.derived(longest) == 9
+    assert calls == [("decodes", first), ("longest", first)]
+    assert second.derived(num_decodes) == 1  # a new step builds again
+    assert calls[-1] == ("decodes", second)
+
+
+def test_torch_decode_plan_is_shared_by_the_layers_of_a_step():
+    batch = make_paged_batch(*MANY_DECODES, num_heads=4, num_kv_heads=2, head_size=16,
+                             block_size=8, generator=torch.Generator().manual_seed(4))
+    md = batch.metadata
+    backend = TorchAttentionBackend(4, 16, 2, 0.25)
+    assert decode_plan_builder(8) is decode_plan_builder(8)  # a stable cache key
+    first = backend.forward(batch.query, batch.key, batch.value, batch.key_cache,
+                            batch.value_cache, md)
+    plan = md.derived(decode_plan_builder(8))
+    assert plan.decodes == {i for i, n in enumerate(MANY_DECODES[0]) if n == 1}
+    assert sum(len(g.rows) for g in plan.groups) == len(plan.decodes)
+    again = backend.forward(batch.query, batch.key, batch.value, batch.key_cache,
+                            batch.value_cache, md)
+    assert md.derived(decode_plan_builder(8)) is plan
+    torch.testing.assert_close(again, first)

@@ -8,7 +8,12 @@ import torch
 
 from octavo.attention import select_attention_backend
 from octavo.testing.attention_suite import AttentionBackendSuite, make_paged_batch
-from octavo_cpu.backend import SDPA_MIN_QUERY_LEN, CpuAttentionBackend
+from octavo_cpu.backend import (
+    SDPA_MIN_QUERY_LEN,
+    CpuAttentionBackend,
+    kernel_only_plan,
+    sdpa_split_plan,
+)
 from octavo_cpu.build import load_ops
 
 if CpuAttentionBackend.unsupported_reason("cpu", torch.float32, 64) is not None:
@@ -44,6 +49,25 @@ def test_paths_agree_with_reference(query_len, cached):
     expected = paged_attention_reference(batch.query.double(), batch.key_cache.double(),
                                          batch.value_cache.double(), batch.metadata, 0.125)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plans_split_by_layer_kind_once_per_step():
+    """A plain layer sends long chunks to SDPA, a windowed one sends everything to the kernel;
+    each kind's plan is built once and shared by the layers of that kind."""
+    batch = make_paged_batch([SDPA_MIN_QUERY_LEN, 1, 0, 3], [40, 30, 20, 3], num_heads=4,
+                             num_kv_heads=2, head_size=64, block_size=16,
+                             generator=torch.Generator().manual_seed(7))
+    md = batch.metadata
+    plain = CpuAttentionBackend(4, 64, 2, 0.125)
+    windowed = CpuAttentionBackend(4, 64, 2, 0.125, sliding_window=8)
+    for backend in (plain, windowed, plain):
+        backend.forward(batch.query, batch.key, batch.value, batch.key_cache,
+                        batch.value_cache, md)
+    split, kernel_only = md.derived(sdpa_split_plan), md.derived(kernel_only_plan)
+    assert split.kernel_seqs.tolist() == [1, 3] and split.sdpa_seqs == [0]
+    assert split.kernel_seqs.dtype == torch.int32
+    assert kernel_only.kernel_seqs.tolist() == [0, 1, 3] and kernel_only.sdpa_seqs == []
+    assert md.derived(sdpa_split_plan) is split  # not rebuilt
 
 
 def test_kernel_rejects_bad_inputs():

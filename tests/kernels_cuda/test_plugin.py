@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -52,5 +54,40 @@ def test_build_inputs():
 
 @pytest.mark.skipif(build.toolchain_available(), reason="only where CUDA is missing")
 def test_constructing_without_cuda_fails_clearly():
-    with pytest.raises(RuntimeError, match="needs a CUDA build of torch"):
+    with pytest.raises(RuntimeError, match="needs a CUDA build of torch.*: " +
+                       re.escape(build.missing_toolchain())):
         CudaAttentionBackend(4, 64, 2, 0.125)
+
+
+def test_an_undeclared_head_size_is_refused_before_building():
+    with pytest.raises(ValueError, match=r"'cuda': head size 72 is not one of \(64, 80"):
+        CudaAttentionBackend(4, 72, 2, 0.125)
+
+
+def test_missing_toolchain_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(build.torch.version, "cuda", None)
+    assert "is not a CUDA build" in build.missing_toolchain()
+    monkeypatch.setattr(build.torch.version, "cuda", "13.0")
+    monkeypatch.setattr(build.torch.cuda, "is_available", lambda: False)
+    assert build.missing_toolchain().startswith("no CUDA device is visible")
+    monkeypatch.setattr(build.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    assert build.missing_toolchain() == "nvcc not found (set CUDA_HOME, or put nvcc on PATH)"
+    assert not build.toolchain_available()
+    assert CudaAttentionBackend.unsupported_reason("cuda", torch.float16, 128) == \
+        build.missing_toolchain()
+    monkeypatch.setattr(build, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    assert build.missing_toolchain() is None and build.toolchain_available()
+
+
+@pytest.mark.skipif(build.toolchain_available(), reason="only where CUDA is missing")
+def test_selector_says_why_cuda_was_passed_over(caplog):
+    reason = build.missing_toolchain()
+    assert CudaAttentionBackend.unsupported_reason("cuda", torch.float16, 128) == reason
+    with caplog.at_level("INFO", logger="octavo.attention.selector"):
+        chosen = select_attention_backend("cuda", torch.float16, 128)
+    assert chosen.priority < CudaAttentionBackend.priority
+    assert f"'cuda' (priority {CudaAttentionBackend.priority}) not used" in caplog.text
+    assert reason in caplog.text
+    with pytest.raises(ValueError, match="'cuda' does not support .*: " + re.escape(reason)):
+        select_attention_backend("cuda", torch.float16, 128, "cuda")

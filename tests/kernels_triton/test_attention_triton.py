@@ -109,7 +109,11 @@ def test_supports_and_priority():
             is TritonAttentionBackend
     assert not TritonAttentionBackend.supports(DEVICE, torch.float32, 512)
     assert not TritonAttentionBackend.supports(DEVICE, torch.int8, 64)
-    assert "head size 512" in TritonAttentionBackend.unsupported_reason(DEVICE, torch.float32, 512)
+    assert TritonAttentionBackend.unsupported_reason(DEVICE, torch.float32, 512) == \
+        "head size 512 is outside 1..256"
+    assert TritonAttentionBackend.supports(DEVICE, torch.float32, 256)
+    with pytest.raises(ValueError, match="'triton': head size 512 is outside 1..256"):
+        TritonAttentionBackend(4, 512, 2, 0.1)
     assert "dtype torch.int8" in TritonAttentionBackend.unsupported_reason(DEVICE, torch.int8, 64)
 
 
