@@ -253,8 +253,8 @@ def poisoned_allocations(device: torch.device | str,
 class AttentionBackendSuite:
     """Conformance tests for an :class:`~octavo.attention.base.AttentionBackend` subclass.
 
-    Set ``backend_cls`` (required) and override any knob. Dtypes and head sizes the backend's
-    ``supports()`` rejects on ``device`` are skipped. ALiBi, sliding-window and soft-cap tests
+    Set ``backend_cls`` (required) and override any knob. Dtypes and head sizes the backend
+    refuses on ``device`` (its ``unsupported_reason``) are skipped with that reason. ALiBi, sliding-window and soft-cap tests
     run when the backend class does not set ``supports_alibi`` / ``supports_sliding_window`` /
     ``supports_logits_soft_cap`` to False.
     """
@@ -315,9 +315,10 @@ class AttentionBackendSuite:
         num_heads, num_kv_heads = head_config or self.gqa_config
         head_size = head_size or self.head_sizes[0]
         block_size = block_size or self.block_sizes[0]
-        if not self.backend_cls.supports(self.device, dtype, head_size):
+        reason = self.backend_cls.unsupported_reason(self.device, dtype, head_size)
+        if reason is not None:
             pytest.skip(f"{self.backend_cls.__name__} does not support "
-                        f"{self.device}/{dtype}/head_size={head_size}")
+                        f"{self.device}/{dtype}/head_size={head_size}: {reason}")
         batch = make_paged_batch(
             query_lens, seq_lens, num_heads=num_heads, num_kv_heads=num_kv_heads,
             head_size=head_size, block_size=block_size, dtype=dtype, device=self.device,
