@@ -28,11 +28,9 @@ from torch import nn
 from octavo.attention.base import AttentionMetadata
 from octavo.layers import (
     Activation,
-    Attention,
     ColumnParallelLinear,
     LayerNorm,
     ParallelLMHead,
-    QKVParallelLinear,
     ReplicatedLinear,
     RopeConfig,
     RotaryEmbedding,
@@ -41,6 +39,7 @@ from octavo.layers import (
     process_weights_after_loading,
 )
 from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
+from octavo_models.attention_block import AttentionBlock
 from octavo_models.weight_map import WeightRule, load_mapped_weights
 
 
@@ -105,46 +104,18 @@ def _common(ctx: ModelContext) -> dict[str, Any]:
                 device=ctx.device)
 
 
-class DecoderAttention(nn.Module):
-    """Fused QKV projection, optional rotary or ALiBi, paged attention, output projection."""
-
-    def __init__(self, spec: DecoderSpec, ctx: ModelContext, layer_idx: int, prefix: str) -> None:
-        super().__init__()
-        d = spec.head_dim
-        self.head_dim = d
-        self.qkv_proj = QKVParallelLinear(spec.hidden_size, d, spec.num_heads, spec.num_kv_heads,
-                                          bias=spec.qkv_bias, prefix=f"{prefix}.qkv_proj",
-                                          **_common(ctx))
-        self.o_proj = RowParallelLinear(spec.num_heads * d, spec.hidden_size, bias=spec.o_bias,
-                                        prefix=f"{prefix}.o_proj", **_common(ctx))
-        self.num_heads = self.qkv_proj.num_heads  # on this rank
-        self.num_kv_heads = self.qkv_proj.num_kv_heads
-        self.qkv_clip = spec.qkv_clip
-        self.is_neox_style = spec.rope.is_neox_style if spec.rope is not None else True
-        scale = spec.attn_scale if spec.attn_scale is not None else d ** -0.5
-        if spec.scale_by_inverse_layer:
-            scale /= layer_idx + 1
-        slopes = None
-        if spec.alibi_slopes is not None:
-            first = ctx.parallel.rank * self.num_heads
-            slopes = torch.tensor(spec.alibi_slopes[first:first + self.num_heads],
-                                  dtype=torch.float32, device=ctx.device)
-        self.attn = Attention(self.num_heads, d, self.num_kv_heads, scale, ctx.attention_backend,
-                              alibi_slopes=slopes)
-
-    def forward(
-        self,
-        hidden: torch.Tensor,  # [T, hidden]
-        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,  # each [T, rotary_dim / 2]
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, hidden]
-        qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
-        if self.qkv_clip is not None:
-            qkv = qkv.clamp(-self.qkv_clip, self.qkv_clip)
-        out = self.attn.forward_qkv(qkv, cos_sin, kv_cache, metadata,
-                                    is_neox_style=self.is_neox_style)  # [T, H * D]
-        return self.o_proj(out)
+def decoder_attention(spec: DecoderSpec, ctx: ModelContext, layer_idx: int,
+                      prefix: str) -> AttentionBlock:
+    """Layer ``layer_idx``'s attention block, as ``spec`` lays it out."""
+    d = spec.head_dim
+    scale = spec.attn_scale if spec.attn_scale is not None else d ** -0.5
+    if spec.scale_by_inverse_layer:
+        scale /= layer_idx + 1
+    return AttentionBlock(
+        ctx, prefix, hidden_size=spec.hidden_size, num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads, head_dim=d, qkv_bias=spec.qkv_bias, o_bias=spec.o_bias,
+        scale=scale, alibi_slopes=spec.alibi_slopes, qkv_clip=spec.qkv_clip,
+        is_neox_style=spec.rope.is_neox_style if spec.rope is not None else True)
 
 
 class DecoderMLP(nn.Module):
@@ -172,7 +143,7 @@ class DecoderLayer(nn.Module):
         self.spec = spec
         norm = dict(bias=spec.norm_bias, dtype=ctx.dtype, device=ctx.device)
         self.attn_norm = LayerNorm(spec.hidden_size, spec.norm_eps, **norm)
-        self.attn = DecoderAttention(spec, ctx, layer_idx, f"{prefix}.attn")
+        self.attn = decoder_attention(spec, ctx, layer_idx, f"{prefix}.attn")
         if not (spec.parallel_residual and spec.shared_norm):
             self.mlp_norm = LayerNorm(spec.hidden_size, spec.norm_eps, **norm)
         self.mlp = DecoderMLP(spec, ctx, f"{prefix}.mlp")

@@ -27,11 +27,9 @@ from torch import nn
 
 from octavo.attention.base import AttentionMetadata
 from octavo.layers import (
-    Attention,
     GatedActivation,
     MergedColumnParallelLinear,
     ParallelLMHead,
-    QKVParallelLinear,
     RMSNorm,
     RowParallelLinear,
     StackedParam,
@@ -42,6 +40,7 @@ from octavo.layers import (
     process_weights_after_loading,
 )
 from octavo.modeling import CausalLM, ModelContext
+from octavo_models.attention_block import AttentionBlock
 from octavo_models.weight_map import WeightRule, load_mapped_weights
 
 STACKED_PARAMS = (
@@ -129,43 +128,17 @@ def sliding_window_of(config: Any, layer_idx: int) -> int | None:
     return window
 
 
-class LlamaAttention(nn.Module):
-    """Fused QKV projection, RoPE, paged attention, output projection."""
-
-    def __init__(self, config: Any, ctx: ModelContext, layer_idx: int, prefix: str) -> None:
-        super().__init__()
-        hidden = config.hidden_size
-        num_heads = config.num_attention_heads
-        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-        self.head_dim = head_dim_of(config)
-        qkv_bias, o_bias = attention_biases(config)
-        common = dict(parallel=ctx.parallel, quant_method=ctx.quantization, dtype=ctx.dtype,
-                      device=ctx.device)
-        self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, num_heads, num_kv_heads,
-                                          bias=qkv_bias, prefix=f"{prefix}.qkv_proj", **common)
-        self.o_proj = RowParallelLinear(num_heads * self.head_dim, hidden, bias=o_bias,
-                                        prefix=f"{prefix}.o_proj", **common)
-        self.num_heads = self.qkv_proj.num_heads  # on this rank
-        self.num_kv_heads = self.qkv_proj.num_kv_heads
-        slopes = None
-        if uses_alibi(config):  # this rank's heads' slopes
-            first = ctx.parallel.rank * self.num_heads
-            slopes = alibi_slopes(num_heads)[first:first + self.num_heads].to(ctx.device)
-        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads,
-                              self.head_dim ** -0.5, ctx.attention_backend,
-                              sliding_window=sliding_window_of(config, layer_idx),
-                              alibi_slopes=slopes)
-
-    def forward(
-        self,
-        hidden: torch.Tensor,  # [T, hidden]
-        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,  # each [T, rotary_dim / 2]; None: ALiBi
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, hidden]
-        qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KH) * D]
-        out = self.attn.forward_qkv(qkv, cos_sin, kv_cache, metadata)  # [T, H * D]
-        return self.o_proj(out)
+def llama_attention(config: Any, ctx: ModelContext, layer_idx: int,
+                    prefix: str) -> AttentionBlock:
+    """Layer ``layer_idx``'s attention block: fused QKV, RoPE or ALiBi, output projection."""
+    num_heads = config.num_attention_heads
+    qkv_bias, o_bias = attention_biases(config)
+    return AttentionBlock(
+        ctx, prefix, hidden_size=config.hidden_size, num_heads=num_heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim_of(config), qkv_bias=qkv_bias, o_bias=o_bias,
+        sliding_window=sliding_window_of(config, layer_idx),
+        alibi_slopes=alibi_slopes(num_heads) if uses_alibi(config) else None)
 
 
 class LlamaMLP(nn.Module):
@@ -195,7 +168,7 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         eps = config.rms_norm_eps
         norm = dict(dtype=ctx.dtype, device=ctx.device)
-        self.self_attn = LlamaAttention(config, ctx, layer_idx, f"{prefix}.self_attn")
+        self.self_attn = llama_attention(config, ctx, layer_idx, f"{prefix}.self_attn")
         self.mlp = LlamaMLP(config, ctx, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps, **norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **norm)
