@@ -16,12 +16,7 @@ from octavo.layers.linear import (
     RowParallelLinear,
 )
 from octavo.layers.quantization import QuantizationMethod, set_weight_attrs
-from octavo.layers.weight_loading import (
-    StackedParam,
-    UnknownWeightError,
-    load_hf_weights,
-    process_weights_after_loading,
-)
+from octavo.layers.weight_loading import process_weights_after_loading
 from octavo.modeling import ParallelConfig
 
 GEN = torch.Generator().manual_seed(0)
@@ -192,30 +187,3 @@ def test_merged_loader_honours_output_dim_and_packing():
 def test_for_layer_can_leave_a_layer_unquantized():
     layer = RowParallelLinear(4, 4, quant_method=TransposedPackedMethod(), prefix="x.skip")
     assert layer.quant_method.name == "none" and layer.weight.shape == (4, 4)
-
-
-class TinyBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.qkv_proj = QKVParallelLinear(8, 2, 2, 1, bias=True)
-        self.o_proj = RowParallelLinear(4, 8)
-
-
-def test_load_hf_weights_routes_stacked_names_and_rejects_unknown():
-    model = nn.Module()
-    model.attn = TinyBlock()
-    stacked = [StackedParam("qkv_proj", p, s) for p, s in
-               (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"))]
-    weights = {
-        "attn.q_proj.weight": randn(4, 8), "attn.k_proj.weight": randn(2, 8),
-        "attn.v_proj.weight": randn(2, 8), "attn.q_proj.bias": randn(4),
-        "attn.k_proj.bias": randn(2), "attn.v_proj.bias": randn(2),
-        "attn.o_proj.weight": randn(8, 4), "attn.rotary.inv_freq": randn(1),
-    }
-    loaded = load_hf_weights(model, weights.items(), stacked,
-                             skip=lambda n: n.endswith("inv_freq"))
-    assert loaded == {"attn.qkv_proj.weight", "attn.qkv_proj.bias", "attn.o_proj.weight"}
-    torch.testing.assert_close(model.attn.qkv_proj.weight.data[4:6], weights["attn.k_proj.weight"])
-    torch.testing.assert_close(model.attn.qkv_proj.bias.data[6:], weights["attn.v_proj.bias"])
-    with pytest.raises(UnknownWeightError, match="attn.w_proj.weight"):
-        load_hf_weights(model, [("attn.w_proj.weight", randn(2))], stacked)

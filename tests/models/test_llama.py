@@ -168,6 +168,35 @@ def test_feature_matters(suite_cls, changes):
         suite.check_decode(conformance.hf_model, model, suite.prompts(conformance.config))
 
 
+def test_hf_llama_names_fill_the_fused_parameters(monkeypatch):
+    """HF Llama's separate q/k/v (weights and biases) fill the shards of ``qkv_proj`` and
+    gate/up those of ``gate_up_proj``; rotary buffers of older checkpoints and a tied model's
+    ``lm_head.weight`` are known and skipped."""
+    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")  # read the loaded weights back as loaded
+    suite = TestLlama()
+    config = LlamaConfig(**TINY, attention_bias=True, tie_word_embeddings=True,
+                         architectures=["LlamaForCausalLM"])
+    state = dict(suite.build_hf_model(config).state_dict())
+    assert "lm_head.weight" in state  # HF lists the tied head too
+    state["model.layers.1.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    model = suite.build_model(config)
+    assert model.load_weights(state.items()) == {name for name, _ in model.named_parameters()}
+    q, kv = 4 * 16, 2 * 16  # rows of q and of k (heads x head_dim)
+    qkv, attn = model.model.layers[1].self_attn.qkv_proj, "model.layers.1.self_attn"
+    torch.testing.assert_close(qkv.weight[q:q + kv], state[f"{attn}.k_proj.weight"])
+    torch.testing.assert_close(qkv.bias[q + kv:], state[f"{attn}.v_proj.bias"])
+    gate_up = model.model.layers[0].mlp.gate_up_proj.weight
+    torch.testing.assert_close(gate_up[112:], state["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_missing_hf_llama_tensor_is_named():
+    suite = TestLlama()
+    state = dict(suite.build_hf_model(suite.hf_config()).state_dict())
+    del state["model.layers.1.mlp.gate_proj.weight"]
+    with pytest.raises(ValueError, match=r"lacks 1 model weights: model\.layers\.1\.mlp\.gate_proj"):
+        suite.build_model(suite.hf_config()).load_weights(state.items())
+
+
 def test_unknown_architecture_name_error_is_clear():
     model = TestLlama().build_model(TestLlama().hf_config())
     with pytest.raises(KeyError, match="model.layers.7.self_attn.q_proj.weight"):

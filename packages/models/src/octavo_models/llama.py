@@ -10,9 +10,11 @@ Differences between them come from the HF config alone:
 - ``tie_word_embeddings``, ``rms_norm_eps``, RoPE (``rope_parameters`` / ``rope_scaling``);
 - ``position_embedding``: ``"rope"`` (default) or ``"alibi"`` (no rotary; Baichuan-13B).
 
-Families with the same block but their own checkpoint names and config fields (QWen, Baichuan)
-subclass :class:`LlamaForCausalLM` with a :class:`CheckpointLayout` (where their checkpoint keeps
-each tensor) and a config mapping (:meth:`~LlamaForCausalLM.llama_config_fields`).
+Checkpoints load through a :class:`CheckpointLayout` (where the checkpoint keeps each tensor),
+which turns into :class:`~octavo_models.weight_map.WeightRule` s: :data:`HF_LLAMA_LAYOUT` for HF's
+own names. Families with the same block but their own checkpoint names and config fields (QWen,
+Baichuan) subclass :class:`LlamaForCausalLM` with their own layout and a config mapping
+(:meth:`~LlamaForCausalLM.llama_config_fields`).
 """
 
 from __future__ import annotations
@@ -32,33 +34,24 @@ from octavo.layers import (
     ParallelLMHead,
     RMSNorm,
     RowParallelLinear,
-    StackedParam,
     VocabParallelEmbedding,
     alibi_slopes,
     get_rope,
-    load_hf_weights,
     process_weights_after_loading,
 )
 from octavo.modeling import CausalLM, ModelContext
 from octavo_models.attention_block import AttentionBlock
 from octavo_models.weight_map import WeightRule, load_mapped_weights
 
-STACKED_PARAMS = (
-    StackedParam("qkv_proj", "q_proj", "q"),
-    StackedParam("qkv_proj", "k_proj", "k"),
-    StackedParam("qkv_proj", "v_proj", "v"),
-    StackedParam("gate_up_proj", "gate_proj", 0),
-    StackedParam("gate_up_proj", "up_proj", 1),
-)
-
 
 @dataclass(frozen=True)
 class CheckpointLayout:
-    """Where a checkpoint that is not in HF Llama's names keeps each tensor of the Llama block.
+    """Where a checkpoint keeps each tensor of the Llama block.
 
     Names are :class:`~octavo_models.weight_map.WeightRule` templates; the per-layer ones are
-    relative to ``layer`` (``{i}``: the layer index). A name ending in ``{p}`` covers the weight
-    and the bias; ``qkv`` is one fused ``[q | k | v]`` tensor.
+    relative to ``layer`` (``{i}``: the layer index). A name ending in ``{p}`` covers the weight,
+    the bias and whatever a quantization method stores. ``qkv`` is one fused ``[q | k | v]``
+    tensor, or the names of the separate q, k and v tensors.
     """
 
     embed: str
@@ -66,7 +59,7 @@ class CheckpointLayout:
     layer: str
     input_norm: str
     post_norm: str
-    qkv: str
+    qkv: str | tuple[str, str, str]
     o: str
     gate: str
     up: str
@@ -78,9 +71,12 @@ class CheckpointLayout:
               lm_head_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
               ) -> list[WeightRule]:
         """The weight rules onto :class:`LlamaForCausalLM`'s parameters."""
+        qkv = ([(self.qkv, "self_attn.qkv_proj", None)] if isinstance(self.qkv, str)
+               else [(name, "self_attn.qkv_proj", shard)
+                     for name, shard in zip(self.qkv, "qkv", strict=True)])
         per_layer = [(self.input_norm, "input_layernorm", None),
                      (self.post_norm, "post_attention_layernorm", None),
-                     (self.qkv, "self_attn.qkv_proj", None), (self.o, "self_attn.o_proj", None),
+                     *qkv, (self.o, "self_attn.o_proj", None),
                      (self.gate, "mlp.gate_up_proj", 0), (self.up, "mlp.gate_up_proj", 1),
                      (self.down, "mlp.down_proj", None)]
         rules = [WeightRule(self.embed, "model.embed_tokens.weight"),
@@ -92,6 +88,16 @@ class CheckpointLayout:
             rules.append(WeightRule(f"{self.layer}.{source}",
                                     f"model.layers.{{i}}.{target}.{kind}", shard=shard))
         return rules + [WeightRule(name, None) for name in self.ignored]
+
+
+HF_LLAMA_LAYOUT = CheckpointLayout(
+    embed="model.embed_tokens.weight", final_norm="model.norm.weight", layer="model.layers.{i}",
+    input_norm="input_layernorm.weight", post_norm="post_attention_layernorm.weight",
+    qkv=("self_attn.q_proj.{p}", "self_attn.k_proj.{p}", "self_attn.v_proj.{p}"),
+    o="self_attn.o_proj.{p}", gate="mlp.gate_proj.{p}", up="mlp.up_proj.{p}",
+    down="mlp.down_proj.{p}",
+    # rotary buffers (inv_freq, cos / sin caches) that older checkpoints carry
+    ignored=("model.layers.{i}.self_attn.rotary_emb.{p}", "model.rotary_emb.{p}"))
 
 
 def head_dim_of(config: Any) -> int:
@@ -215,7 +221,7 @@ class LlamaForCausalLM(CausalLM):
     """Serves HF ``LlamaForCausalLM``, ``MistralForCausalLM`` and ``Qwen2ForCausalLM``.
 
     Parameters are allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
-    :meth:`load_weights` fills them from HF-named tensors.
+    :meth:`load_weights` fills them through :meth:`weight_rules`.
     """
 
     def __init__(self, config: Any, ctx: ModelContext) -> None:
@@ -267,21 +273,12 @@ class LlamaForCausalLM(CausalLM):
     def kv_cache_spec(cls, config: Any):
         return super().kv_cache_spec(cls.adapt_config(config))
 
-    def weight_rules(self) -> list[WeightRule] | None:
-        """The checkpoint name map of a family with its own :class:`CheckpointLayout`; None
-        for HF Llama's names."""
-        return None
-
-    def _skip_weight(self, name: str) -> bool:
-        if "rotary_emb." in name:  # inv_freq / cos / sin buffers of older checkpoints
-            return True
-        return self.tie_word_embeddings and name == "lm_head.weight"
+    def weight_rules(self) -> list[WeightRule]:
+        """The checkpoint name map: HF Llama's names (families with their own
+        :class:`CheckpointLayout` override this)."""
+        return HF_LLAMA_LAYOUT.rules(tied=self.tie_word_embeddings)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        rules = self.weight_rules()
-        if rules is None:
-            loaded = load_hf_weights(self, weights, STACKED_PARAMS, skip=self._skip_weight)
-        else:
-            loaded = load_mapped_weights(self, weights, rules)
+        loaded = load_mapped_weights(self, weights, self.weight_rules())
         process_weights_after_loading(self)
         return loaded

@@ -114,7 +114,8 @@ def load_mapped_weights(
     missing = missing_checkpoint_names(params, rules, filled)
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise MissingWeightError(f"checkpoint lacks {len(missing)} tensors {owner} needs: "
+        # the loader's own wording for a checkpoint short of weights, in checkpoint names
+        raise MissingWeightError(f"checkpoint for {owner} lacks {len(missing)} model weights: "
                                  f"{shown}")
     return {param for param, _ in filled}
 

@@ -28,20 +28,15 @@ from octavo.layers.rotary import (
     get_rope,
     rope_config_from_hf,
 )
-from octavo.layers.weight_loading import (
-    StackedParam,
-    UnknownWeightError,
-    load_hf_weights,
-    process_weights_after_loading,
-)
+from octavo.layers.weight_loading import UnknownWeightError, process_weights_after_loading
 
 __all__ = [
     "Activation", "Attention", "LayerNorm",
     "ColumnParallelLinear", "GatedActivation", "LinearBase",
     "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear", "QuantizationMethod",
     "RMSNorm", "ReplicatedLinear", "RopeConfig", "RotaryEmbedding", "RowParallelLinear",
-    "SiluAndMul", "StackedParam", "UnknownWeightError", "UnquantizedMethod",
+    "SiluAndMul", "UnknownWeightError", "UnquantizedMethod",
     "VocabParallelEmbedding", "alibi_slopes", "apply_rotary", "default_weight_loader", "get_rope",
-    "load_hf_weights", "process_weights_after_loading", "rms_norm", "rope_config_from_hf",
+    "process_weights_after_loading", "rms_norm", "rope_config_from_hf",
     "set_weight_attrs", "silu_and_mul",
 ]
