@@ -31,3 +31,36 @@ def assert_feature_matters():
             suite.check_prefill(conformance.hf_model, model, suite.prompts(conformance.config))
 
     return check
+
+
+@dataclasses.dataclass
+class ConfigCalls:
+    """What a model class's config hooks saw while a test ran."""
+
+    adapted: list  # what each adapt_config call returned
+    kv_cache_spec: list  # the config each kv_cache_spec call received
+
+
+@pytest.fixture
+def track_config_calls(monkeypatch):
+    """``track(model_cls) -> ConfigCalls``: record ``model_cls.adapt_config`` and
+    ``model_cls.kv_cache_spec`` calls for the rest of the test."""
+
+    def track(model_cls) -> ConfigCalls:
+        calls = ConfigCalls([], [])
+        adapt = model_cls.adapt_config.__func__
+        spec = model_cls.kv_cache_spec.__func__
+
+        def adapt_config(cls, config):
+            calls.adapted.append(adapt(cls, config))
+            return calls.adapted[-1]
+
+        def kv_cache_spec(cls, config):
+            calls.kv_cache_spec.append(config)
+            return spec(cls, config)
+
+        monkeypatch.setattr(model_cls, "adapt_config", classmethod(adapt_config))
+        monkeypatch.setattr(model_cls, "kv_cache_spec", classmethod(kv_cache_spec))
+        return calls
+
+    return track

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, LlamaConfig, PretrainedConfig
 
+from octavo.config import ModelSettings
 from octavo.layers import alibi_slopes
-from octavo.model_loader.loader import load_hf_config, resolve_model_source
+from octavo.model_loader.loader import load_hf_config, load_model, resolve_model_source
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.baichuan import (
     BAICHUAN2_VOCAB_SIZE,
@@ -245,8 +246,21 @@ def test_position_embedding_follows_the_config_fields():
     adapted = BaichuanForCausalLM.adapt_config(alibi)
     assert adapted.position_embedding == "alibi"
     assert adapted.max_position_embeddings == 4096  # model_max_length
-    assert BaichuanForCausalLM.adapt_config(adapted) is adapted
     assert BaiChuanForCausalLM.adapt_config(alibi).position_embedding == "rope"  # Baichuan-7B
+
+
+def test_loader_adapts_the_config_once(alibi, tmp_path, track_config_calls):
+    """The loader adapts config.json once, and the cache spec and the model get that result.
+    Adapting is not idempotent here: the adapted config has ``max_position_embeddings``, which
+    a second adaptation would read as a RoPE checkpoint."""
+    suite, conf = alibi
+    suite.save_checkpoint(tmp_path, conf)
+    calls = track_config_calls(BaichuanForCausalLM)
+    loaded = load_model(ModelSettings(model=str(tmp_path), device="cpu"))
+    (adapted,) = calls.adapted
+    assert calls.kv_cache_spec == [adapted]
+    assert loaded.model.config is adapted and loaded.hf_config is adapted
+    assert adapted.position_embedding == "alibi" and loaded.model.model.rotary_emb is None
 
 
 def test_loader_reads_a_remote_code_config_without_its_code(tmp_path):
@@ -275,7 +289,8 @@ def test_each_tensor_parallel_rank_gets_its_heads_slopes():
     for rank in range(2):
         ctx = ModelContext(attention_backend=TorchAttentionBackend,
                            parallel=ParallelConfig(tensor_parallel_size=2, rank=rank))
-        model = BaichuanForCausalLM(PretrainedConfig(**raw), ctx)
+        config = BaichuanForCausalLM.adapt_config(PretrainedConfig(**raw))
+        model = BaichuanForCausalLM(config, ctx)
         assert model.model.rotary_emb is None
         slopes.append(model.model.layers[0].self_attn.attn.impl.alibi_slopes)
     torch.testing.assert_close(torch.cat(slopes), torch.tensor(baichuan_interleaved_slopes(6)))

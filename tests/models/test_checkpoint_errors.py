@@ -208,7 +208,8 @@ QUANTIZED_LINEARS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_pro
 def _int8_model(suite, config):
     ctx = ModelContext(attention_backend=suite.attention_backend,
                        quantization=Int8WeightOnlyMethod())
-    return type(suite.build_model(config))(config, ctx).eval()
+    cls = type(suite.build_model(config))
+    return cls(cls.adapt_config(config), ctx).eval()
 
 
 def test_quantized_linears_load_through_the_same_rules():

@@ -222,7 +222,7 @@ def test_parameters_are_allocated_on_ctx_device_and_dtype():
     from octavo.modeling import ModelContext
 
     ctx = ModelContext(attention_backend=TorchAttentionBackend, dtype=torch.bfloat16)
-    model = LlamaForCausalLM(TestLlama().hf_config(), ctx)
+    model = LlamaForCausalLM(LlamaForCausalLM.adapt_config(TestLlama().hf_config()), ctx)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert not any(p.requires_grad for p in model.parameters())

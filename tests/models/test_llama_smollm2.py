@@ -32,7 +32,8 @@ def test_smollm2_logits_and_greedy_match_hf():
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                               dtype=torch.float32).eval()
-    model = LlamaForCausalLM(hf.config, ModelContext(attention_backend=TorchAttentionBackend))
+    model = LlamaForCausalLM(LlamaForCausalLM.adapt_config(hf.config),
+                             ModelContext(attention_backend=TorchAttentionBackend))
     loaded = model.load_weights(hf.state_dict().items())
     assert loaded == {name for name, _ in model.named_parameters()}
 

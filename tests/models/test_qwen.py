@@ -17,6 +17,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
 
+from octavo.config import ModelSettings
+from octavo.model_loader.loader import load_model
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.qwen import QWenLMHeadModel, qwen_llama_fields
 
@@ -147,9 +149,20 @@ def test_config_fields_map_onto_the_llama_block():
     config.use_dynamic_ntk = config.use_logn_attn = False
     assert qwen_llama_fields(config)["max_position_embeddings"] == 4096
     adapted = QWenLMHeadModel.adapt_config(config)
-    assert QWenLMHeadModel.adapt_config(adapted) is adapted  # idempotent
     assert adapted.intermediate_size == 112 and config.intermediate_size == 224
-    assert QWenLMHeadModel.kv_cache_spec(config).num_kv_heads == 4
+    assert QWenLMHeadModel.kv_cache_spec(adapted).num_kv_heads == 4
+
+
+def test_loader_adapts_the_config_once(qwen, tmp_path, track_config_calls):
+    """The loader adapts config.json once; the cache spec and the model get that result."""
+    suite, conf = qwen
+    suite.save_checkpoint(tmp_path, conf)
+    calls = track_config_calls(QWenLMHeadModel)
+    loaded = load_model(ModelSettings(model=str(tmp_path), device="cpu"))
+    (adapted,) = calls.adapted
+    assert calls.kv_cache_spec == [adapted]
+    assert loaded.model.config is adapted and loaded.hf_config is adapted
+    assert adapted.intermediate_size == 112 and loaded.kv_spec.num_kv_heads == 4
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -60,7 +60,8 @@ def _rank_main(rank: int, world: int, init_file: str, case: str, results) -> Non
         hf = suite.build_hf_model(config)  # seeded: identical on every rank
         ctx = ModelContext(attention_backend=TorchAttentionBackend,
                            parallel=ParallelConfig(tensor_parallel_size=world, rank=rank))
-        model = models().get(config.architectures[0])(config, ctx).eval()
+        cls = models().get(config.architectures[0])
+        model = cls(cls.adapt_config(config), ctx).eval()  # adapted once, as the loader does
         model.load_weights(hf.state_dict().items())
         prompts = suite.prompts(config)
         runner = PagedBatchRunner(model, block_size=4, num_blocks=64)

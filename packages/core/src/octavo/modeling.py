@@ -75,10 +75,14 @@ class CausalLM(nn.Module, ABC):
 
     @classmethod
     def adapt_config(cls, config: Any) -> Any:
-        """The config as this family reads it; the loader sizes the context and cache from it.
+        """The config as this family reads it.
 
-        Families whose checkpoints spell config fields their own way (remote-code layouts such
-        as QWen or Baichuan) return a normalized copy; the default returns ``config`` itself.
+        Called once by the loader; the constructor and :meth:`kv_cache_spec` receive its
+        result (as does the loader, which sizes the context and cache from it), so they never
+        adapt again and adapting need not be idempotent. Code that builds a model without the
+        loader (tests) calls it first. Families whose checkpoints spell config fields their own
+        way (remote-code layouts such as QWen or Baichuan) return a normalized copy; the default
+        returns ``config`` itself.
         """
         return config
 

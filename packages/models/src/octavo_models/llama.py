@@ -220,12 +220,12 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(CausalLM):
     """Serves HF ``LlamaForCausalLM``, ``MistralForCausalLM`` and ``Qwen2ForCausalLM``.
 
-    Parameters are allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
+    ``config`` is what :meth:`adapt_config` returned (the loader adapts it once). Parameters are
+    allocated uninitialized (``torch.empty``) on ``ctx.device`` in ``ctx.dtype``;
     :meth:`load_weights` fills them through :meth:`weight_rules`.
     """
 
     def __init__(self, config: Any, ctx: ModelContext) -> None:
-        config = self.adapt_config(config)
         super().__init__(config, ctx)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.model = LlamaModel(config, ctx)
@@ -257,21 +257,14 @@ class LlamaForCausalLM(CausalLM):
     @classmethod
     def adapt_config(cls, config: Any) -> Any:
         """A copy of ``config`` with :meth:`llama_config_fields` set (``config`` itself when there
-        are none); adapting an adapted config returns it unchanged."""
-        if getattr(config, "octavo_adapted_by", None) == cls.__name__:
-            return config
+        are none)."""
         fields = cls.llama_config_fields(config)
         if not fields:
             return config
         adapted = copy.deepcopy(config)
         for key, value in fields.items():
             setattr(adapted, key, value)
-        adapted.octavo_adapted_by = cls.__name__
         return adapted
-
-    @classmethod
-    def kv_cache_spec(cls, config: Any):
-        return super().kv_cache_spec(cls.adapt_config(config))
 
     def weight_rules(self) -> list[WeightRule]:
         """The checkpoint name map: HF Llama's names (families with their own

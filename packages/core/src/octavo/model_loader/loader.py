@@ -273,7 +273,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, config)
     cls = model_class(config)
-    config = cls.adapt_config(config)
+    config = cls.adapt_config(config)  # once: the cache spec and the model get this config
     kv_spec = cls.kv_cache_spec(config)
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
                                        settings.attention_backend)

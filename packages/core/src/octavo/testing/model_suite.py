@@ -269,7 +269,11 @@ class ModelConformanceSuite:
         save_word_tokenizer(folder, num_words=min(100, conformance.config.vocab_size - 3))
 
     def build_model(self, config: Any) -> CausalLM:
-        """The Octavo model, built on ``self.device`` in ``self.dtype`` (weights not loaded)."""
+        """The Octavo model, built on ``self.device`` in ``self.dtype`` (weights not loaded).
+
+        ``config`` is the HF config as a checkpoint carries it: like the loader, this adapts it
+        once (:meth:`~octavo.modeling.CausalLM.adapt_config`) and builds from the result.
+        """
         cls = self.model_class
         if cls is None:
             from octavo.plugins import models
@@ -277,7 +281,7 @@ class ModelConformanceSuite:
             cls = models().get(config.architectures[0])
         ctx = ModelContext(attention_backend=self.attention_backend, dtype=self.dtype,
                            device=torch.device(self.device))
-        return cls(config, ctx).eval()
+        return cls(cls.adapt_config(config), ctx).eval()
 
     def engine_prompts(self, config: Any) -> tuple[list[int], list[list[int]]]:
         """``(warm-up prompt, batch)``: the batch's first prompt extends the warm-up one."""
