@@ -15,10 +15,8 @@ from octavo_cpu.build import load_ops, missing_toolchain
 
 # Requests with at least this many new tokens (prefill chunks) run on torch's fused
 # scaled_dot_product_attention over their gathered context; the kernel reads every context
-# row once per query token, which a long chunk would repeat thousands of times. Measured on 2
-# cores (SmolLM2 heads, one layer): 128-token prefill 0.9 ms in the kernel against 0.3-0.5 ms
-# in SDPA; a batch of 16 decodes at context 1024, 1.4 ms in the kernel against 4.7-11 ms
-# gathered into the torch backend's padded products.
+# row once per query token, which a long chunk would repeat thousands of times (the
+# measurements are in this package's README, "Where the SDPA threshold comes from").
 SDPA_MIN_QUERY_LEN = 16
 
 

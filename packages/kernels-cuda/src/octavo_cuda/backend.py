@@ -27,9 +27,9 @@ class CudaAttentionBackend(AttentionBackend):
     """
 
     name = "cuda"
-    # Below Triton (10): on the H200 run of 2026-11-28 the Triton kernels were 2-30x faster
-    # (docs/benchmarks.md), and this version's tensor-core prefill has not run on hardware
-    # yet. Select it with attention_backend="cuda"; raise it once it measures faster.
+    # Below Triton (10): the Triton kernels measured faster on the last GPU run, and this
+    # version's tensor-core prefill has not run on hardware yet (docs/benchmarks.md, "GPU").
+    # Select it with attention_backend="cuda"; raise it once it measures faster.
     priority = 5
     supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = (64, 80, 96, 128, 256)

@@ -20,19 +20,12 @@ def select_attention_backend(
     A backend that outranks the chosen one but cannot run here (no CUDA and no Triton
     interpreter, an unsupported dtype or head size, a failed import) is logged with its reason.
     """
-    registry = attention_backends()
     where = f"device={torch.device(device).type}, dtype={dtype}, head_size={head_size}"
     if name is not None:
-        if name not in registry:
-            raise ValueError(f"unknown attention backend {name!r}; installed: "
-                             f"{', '.join(registry.names())}")
-        backend = registry.get(name)
-        reason = backend.unsupported_reason(device, dtype, head_size)
-        if reason is not None:
-            raise ValueError(f"attention backend {name!r} does not support {where}: {reason}")
-        return backend
+        return _named_backend(name, device, dtype, head_size, where)
     candidates: list[type[AttentionBackend]] = []
     passed_over: list[tuple[str, int | None, str]] = []  # (name, priority, reason)
+    registry = attention_backends()
     for backend_name in registry:
         try:
             backend = registry.get(backend_name)
@@ -48,10 +41,29 @@ def select_attention_backend(
         reasons = "; ".join(f"{n!r}: {r}" for n, _, r in passed_over)
         raise ValueError(f"no attention backend supports {where} ({reasons})")
     chosen = max(candidates, key=lambda b: b.priority)
+    _log_passed_over(passed_over, chosen, where)
+    return chosen
+
+
+def _named_backend(name: str, device: torch.device | str, dtype: torch.dtype, head_size: int,
+                   where: str) -> type[AttentionBackend]:
+    registry = attention_backends()
+    if name not in registry:
+        raise ValueError(f"unknown attention backend {name!r}; installed: "
+                         f"{', '.join(registry.names())}")
+    backend = registry.get(name)
+    reason = backend.unsupported_reason(device, dtype, head_size)
+    if reason is not None:
+        raise ValueError(f"attention backend {name!r} does not support {where}: {reason}")
+    return backend
+
+
+def _log_passed_over(passed_over: list[tuple[str, int | None, str]],
+                     chosen: type[AttentionBackend], where: str) -> None:
+    """Warn about backends that failed to load; say why each higher-priority one was not used."""
     for backend_name, priority, reason in passed_over:
         if priority is None:
             logger.warning("attention backend %r could not be loaded: %s", backend_name, reason)
         elif priority > chosen.priority:
             logger.info("attention backend %r (priority %d) not used for %s: %s; "
                         "falling back to %r", backend_name, priority, where, reason, chosen.name)
-    return chosen
