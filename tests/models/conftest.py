@@ -33,34 +33,34 @@ def assert_feature_matters():
     return check
 
 
-@dataclasses.dataclass
-class ConfigCalls:
-    """What a model class's config hooks saw while a test ran."""
-
-    adapted: list  # what each adapt_config call returned
-    kv_cache_spec: list  # the config each kv_cache_spec call received
-
-
 @pytest.fixture
-def track_config_calls(monkeypatch):
-    """``track(model_cls) -> ConfigCalls``: record ``model_cls.adapt_config`` and
-    ``model_cls.kv_cache_spec`` calls for the rest of the test."""
+def load_adapting_once(monkeypatch):
+    """``load(model_cls, folder) -> (LoadedModel, adapted config)``: the loader loads
+    ``folder`` (a checkpoint of ``model_cls``) while ``model_cls``'s config hooks are recorded;
+    fails unless ``adapt_config`` ran once and ``kv_cache_spec``, the model and
+    ``LoadedModel.hf_config`` all got its result."""
+    from octavo.config import ModelSettings
+    from octavo.model_loader.loader import load_model
 
-    def track(model_cls) -> ConfigCalls:
-        calls = ConfigCalls([], [])
+    def load(model_cls, folder):
+        adapted, spec_configs = [], []
         adapt = model_cls.adapt_config.__func__
         spec = model_cls.kv_cache_spec.__func__
 
         def adapt_config(cls, config):
-            calls.adapted.append(adapt(cls, config))
-            return calls.adapted[-1]
+            adapted.append(adapt(cls, config))
+            return adapted[-1]
 
         def kv_cache_spec(cls, config):
-            calls.kv_cache_spec.append(config)
+            spec_configs.append(config)
             return spec(cls, config)
 
         monkeypatch.setattr(model_cls, "adapt_config", classmethod(adapt_config))
         monkeypatch.setattr(model_cls, "kv_cache_spec", classmethod(kv_cache_spec))
-        return calls
+        loaded = load_model(ModelSettings(model=str(folder), device="cpu"))
+        (config,) = adapted
+        assert spec_configs == [config]
+        assert loaded.model.config is config and loaded.hf_config is config
+        return loaded, config
 
-    return track
+    return load

@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, LlamaConfig, PretrainedConfig
 
-from octavo.config import ModelSettings
 from octavo.layers import alibi_slopes
-from octavo.model_loader.loader import load_hf_config, load_model, resolve_model_source
+from octavo.model_loader.loader import load_hf_config, resolve_model_source
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.baichuan import (
     BAICHUAN2_VOCAB_SIZE,
@@ -249,17 +248,13 @@ def test_position_embedding_follows_the_config_fields():
     assert BaiChuanForCausalLM.adapt_config(alibi).position_embedding == "rope"  # Baichuan-7B
 
 
-def test_loader_adapts_the_config_once(alibi, tmp_path, track_config_calls):
+def test_loader_adapts_the_config_once(alibi, tmp_path, load_adapting_once):
     """The loader adapts config.json once, and the cache spec and the model get that result.
     Adapting is not idempotent here: the adapted config has ``max_position_embeddings``, which
     a second adaptation would read as a RoPE checkpoint."""
     suite, conf = alibi
     suite.save_checkpoint(tmp_path, conf)
-    calls = track_config_calls(BaichuanForCausalLM)
-    loaded = load_model(ModelSettings(model=str(tmp_path), device="cpu"))
-    (adapted,) = calls.adapted
-    assert calls.kv_cache_spec == [adapted]
-    assert loaded.model.config is adapted and loaded.hf_config is adapted
+    loaded, adapted = load_adapting_once(BaichuanForCausalLM, tmp_path)
     assert adapted.position_embedding == "alibi" and loaded.model.model.rotary_emb is None
 
 

@@ -17,8 +17,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
 
-from octavo.config import ModelSettings
-from octavo.model_loader.loader import load_model
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.qwen import QWenLMHeadModel, qwen_llama_fields
 
@@ -153,15 +151,11 @@ def test_config_fields_map_onto_the_llama_block():
     assert QWenLMHeadModel.kv_cache_spec(adapted).num_kv_heads == 4
 
 
-def test_loader_adapts_the_config_once(qwen, tmp_path, track_config_calls):
+def test_loader_adapts_the_config_once(qwen, tmp_path, load_adapting_once):
     """The loader adapts config.json once; the cache spec and the model get that result."""
     suite, conf = qwen
     suite.save_checkpoint(tmp_path, conf)
-    calls = track_config_calls(QWenLMHeadModel)
-    loaded = load_model(ModelSettings(model=str(tmp_path), device="cpu"))
-    (adapted,) = calls.adapted
-    assert calls.kv_cache_spec == [adapted]
-    assert loaded.model.config is adapted and loaded.hf_config is adapted
+    loaded, adapted = load_adapting_once(QWenLMHeadModel, tmp_path)
     assert adapted.intermediate_size == 112 and loaded.kv_spec.num_kv_heads == 4
 
 
