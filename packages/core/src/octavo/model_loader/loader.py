@@ -256,13 +256,16 @@ def _checkpoint_files(folder: Path, pattern: str) -> list[Path]:
 def load_weights(model: CausalLM, fmt: WeightFormat, files: list[Path], config: Any) -> None:
     """Stream every tensor of ``files`` into ``model``; fail if a parameter was not filled."""
     tensors = chain.from_iterable(fmt.iter_weights(path, config) for path in files)
-    with torch.no_grad():
-        loaded = model.load_weights(tensors)
+    where = ", ".join(str(f) for f in files)
+    try:
+        with torch.no_grad():
+            loaded = model.load_weights(tensors)
+    except (ValueError, KeyError) as exc:  # a tensor the model refused: name the files too
+        raise type(exc)(f"checkpoint {where}: {exc}") from exc
     missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise ValueError(f"checkpoint {', '.join(str(f) for f in files)} lacks "
-                         f"{len(missing)} model weights: {shown}")
+        raise ValueError(f"checkpoint {where} lacks {len(missing)} model weights: {shown}")
 
 
 def load_model(settings: ModelSettings) -> LoadedModel:
