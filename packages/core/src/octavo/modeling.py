@@ -88,7 +88,9 @@ class CausalLM(nn.Module, ABC):
 
     @classmethod
     def kv_cache_spec(cls, config: Any) -> KVCacheSpec:
-        """Shape of the KV cache this model needs; families override when config names differ."""
+        """Shape of the KV cache this model needs, from the adapted config (HF Llama-style field
+        names by default; a family whose layout is described otherwise, such as a
+        ``DecoderSpec``, overrides it)."""
         num_heads = config.num_attention_heads
         head_size = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         return KVCacheSpec(
