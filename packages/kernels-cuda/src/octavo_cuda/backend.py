@@ -34,21 +34,9 @@ class CudaAttentionBackend(AttentionBackend):
     supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = (64, 80, 96, 128, 256)
 
-    def __init__(
-        self,
-        num_heads: int,
-        head_size: int,
-        num_kv_heads: int,
-        scale: float,
-        *,
-        alibi_slopes: torch.Tensor | None = None,
-        sliding_window: int | None = None,
-        logits_soft_cap: float | None = None,
-        partition_size: int = 0,
-        tensor_cores: bool = True,
-    ) -> None:
-        super().__init__(num_heads, head_size, num_kv_heads, scale, alibi_slopes=alibi_slopes,
-                         sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
+    def __init__(self, *args, partition_size: int = 0, tensor_cores: bool = True,
+                 **kwargs) -> None:  # the rest: AttentionBackend's arguments
+        super().__init__(*args, **kwargs)
         self.partition_size = int(partition_size)
         self.tensor_cores = bool(tensor_cores)
         self._slopes: dict[torch.device, torch.Tensor] = {}
@@ -70,15 +58,8 @@ class CudaAttentionBackend(AttentionBackend):
             self._slopes[device] = slopes
         return slopes
 
-    def forward(
-        self,
-        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
-        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-        value_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
+    def forward(self, query, key, value, key_cache, value_cache,
+                metadata: AttentionMetadata) -> torch.Tensor:  # shapes: AttentionBackend.forward
         self._reshape_and_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         self._paged_attention(

@@ -47,15 +47,8 @@ class TritonAttentionBackend(AttentionBackend):
             self.alibi_slopes = self.alibi_slopes.float().contiguous()
         self.launch_config: dict = {}  # overrides for plan_launches (tests, tuning)
 
-    def forward(
-        self,
-        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
-        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-        value_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
+    def forward(self, query, key, value, key_cache, value_cache,
+                metadata: AttentionMetadata) -> torch.Tensor:  # shapes: AttentionBackend.forward
         reshape_and_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         alibi = self.alibi_slopes

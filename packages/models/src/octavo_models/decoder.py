@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from octavo.attention.base import AttentionMetadata
 from octavo.layers import (
     Activation,
     ColumnParallelLinear,
@@ -211,13 +210,7 @@ class DecoderForCausalLM(CausalLM):
             self.lm_head_bias = nn.Parameter(torch.empty(spec.vocab_size, **place),
                                              requires_grad=False)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # [T] int64
-        positions: torch.Tensor,  # [T] int64
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, hidden]
+    def forward(self, input_ids, positions, kv_caches, metadata):  # shapes: CausalLM.forward
         hidden = self.embed_tokens(input_ids)  # [T, embed_dim]
         if hasattr(self, "project_in"):
             hidden = self.project_in(hidden)  # [T, hidden]

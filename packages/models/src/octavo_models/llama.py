@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from octavo.attention.base import AttentionMetadata
 from octavo.layers import (
     GatedActivation,
     MergedColumnParallelLinear,
@@ -234,13 +233,7 @@ class LlamaForCausalLM(CausalLM):
             device=ctx.device,
             tied_to=self.model.embed_tokens if self.tie_word_embeddings else None)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # [T] int64
-        positions: torch.Tensor,  # [T] int64
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, hidden]
+    def forward(self, input_ids, positions, kv_caches, metadata):  # shapes: CausalLM.forward
         return self.model(input_ids, positions, kv_caches, metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, vocab] float32
