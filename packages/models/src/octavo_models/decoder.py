@@ -3,8 +3,8 @@
 GPT-2, OPT, GPT-J, GPT-NeoX, Falcon and MPT differ in where norms sit, whether attention and
 MLP run in parallel, how positions enter (learned table, rotary, ALiBi), which projections
 carry a bias, and how the checkpoint names and fuses its tensors. A family module turns its HF
-config into a :class:`DecoderSpec` and lists its checkpoint's :class:`WeightRule` s; the
-layers here do the rest.
+config into a :class:`DecoderSpec` and declares where its checkpoint keeps each tensor as a
+:class:`DecoderLayout` (which becomes the :class:`WeightRule` s); the layers here do the rest.
 
 Parameter names (what the weight rules target)::
 
@@ -18,7 +18,7 @@ Parameter names (what the weight rules target)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,6 +98,70 @@ class DecoderSpec:
         return KVCacheSpec(self.num_layers, self.num_kv_heads, self.head_dim)
 
 
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Where a checkpoint keeps each tensor of the decoder.
+
+    ``embed``, ``positions``, ``lm_head`` and ``lm_head_bias`` are tensor names. The others
+    name modules, whose ``weight``, ``bias`` and quantized tensors all follow as ``{p}``; the
+    per-layer ones are relative to ``layer`` (``{i}``: the layer index). Names are
+    :class:`~octavo_models.weight_map.WeightRule` templates.
+
+    Attributes:
+        qkv: one fused ``[q | k | v]`` projection, or the separate q, k and v projections.
+        mlp_norm: None where a block has only one norm (GPT-J).
+        positions: the learned position table, if any.
+        lm_head: every name the LM head goes by (a checkpoint holds one of them).
+        linear_transform: applied to the four projections' tensors (GPT-2's ``Conv1D``).
+        qkv_transform: the fused qkv's own layout transform, in place of ``linear_transform``.
+        layer_buffers: per-layer tensors the model does not use (causal-mask buffers, rotary
+            ``inv_freq``).
+        extra: rules for tensors only some families have (OPT's ``project_in``).
+    """
+
+    embed: str
+    layer: str
+    attn_norm: str
+    qkv: str | tuple[str, str, str]
+    o: str
+    up: str
+    down: str
+    final_norm: str
+    mlp_norm: str | None = None
+    positions: str | None = None
+    lm_head: tuple[str, ...] = ("lm_head.weight",)
+    lm_head_bias: str | None = None
+    linear_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    qkv_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    layer_buffers: tuple[str, ...] = ()
+    extra: tuple[WeightRule, ...] = ()
+
+    def rules(self, *, tied: bool) -> list[WeightRule]:
+        """The weight rules onto :class:`DecoderForCausalLM`'s parameters."""
+        linear = self.linear_transform
+        qkv_transform = self.qkv_transform or linear
+        qkv = ([(self.qkv, None)] if isinstance(self.qkv, str)
+               else list(zip(self.qkv, "qkv", strict=True)))
+        per_layer = [(self.attn_norm, "attn_norm", None, None),
+                     *((name, "attn.qkv_proj", shard, qkv_transform) for name, shard in qkv),
+                     (self.o, "attn.o_proj", None, linear),
+                     (self.mlp_norm, "mlp_norm", None, None),
+                     (self.up, "mlp.up_proj", None, linear),
+                     (self.down, "mlp.down_proj", None, linear)]
+        tensors = [(self.embed, "embed_tokens.weight"), (self.positions, "embed_positions.weight"),
+                   (f"{self.final_norm}.{{p}}", "norm.{p}"),
+                   *((name, None if tied else "lm_head.weight") for name in self.lm_head),
+                   (self.lm_head_bias, "lm_head_bias")]
+        return [
+            *(WeightRule(source, target) for source, target in tensors if source is not None),
+            *(WeightRule(f"{self.layer}.{source}.{{p}}", f"layers.{{i}}.{target}.{{p}}",
+                         shard=shard, transform=transform)
+              for source, target, shard, transform in per_layer if source is not None),
+            *self.extra,
+            *(WeightRule(f"{self.layer}.{name}", None) for name in self.layer_buffers),
+        ]
+
+
 def _common(ctx: ModelContext) -> dict[str, Any]:
     return dict(parallel=ctx.parallel, quant_method=ctx.quantization, dtype=ctx.dtype,
                 device=ctx.device)
@@ -161,20 +225,28 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderForCausalLM(CausalLM):
-    """A causal LM built from :meth:`decoder_spec` and loaded through :meth:`weight_rules`.
+    """A causal LM built from :meth:`decoder_spec` and loaded through its checkpoint's layout.
 
-    Subclasses (one per family) implement both and set ``checkpoint_prefix`` to HF's base model
-    prefix, so checkpoints saved without it load too.
+    Subclasses (one per family) implement :meth:`decoder_spec`, set ``layout`` (or override
+    :meth:`checkpoint_layout` where the config decides the names or transforms) and set
+    ``checkpoint_prefix`` to HF's base model prefix, so checkpoints saved without it load too.
     """
 
     checkpoint_prefix: ClassVar[str] = ""
+    layout: ClassVar[DecoderLayout | None] = None
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
         raise NotImplementedError
 
+    def checkpoint_layout(self) -> DecoderLayout:
+        """Where this model's checkpoint keeps each tensor: ``layout`` by default."""
+        if self.layout is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no checkpoint layout")
+        return self.layout
+
     def weight_rules(self) -> Sequence[WeightRule]:
-        raise NotImplementedError
+        return self.checkpoint_layout().rules(tied=self.spec.tie_word_embeddings)
 
     @classmethod
     def kv_cache_spec(cls, config: Any) -> KVCacheSpec:

@@ -14,11 +14,18 @@ once to the scores) where its SDPA path adds it once.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from octavo.layers import rope_config_from_hf
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
-from octavo_models.weight_map import WeightRule, grouped_qkv_to_merged
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+from octavo_models.weight_map import grouped_qkv_to_merged
+
+FALCON_LAYOUT = DecoderLayout(
+    embed="transformer.word_embeddings.weight", layer="transformer.h.{i}",
+    attn_norm="input_layernorm", qkv="self_attention.query_key_value",
+    o="self_attention.dense", mlp_norm="post_attention_layernorm", up="mlp.dense_h_to_4h",
+    down="mlp.dense_4h_to_h", final_norm="transformer.ln_f")
 
 
 def _num_kv_heads(config: Any) -> int:
@@ -36,6 +43,7 @@ def _num_layer_norms(config: Any) -> int:
 
 class FalconForCausalLM(DecoderForCausalLM):
     checkpoint_prefix = "transformer"
+    layout = FALCON_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
@@ -55,25 +63,15 @@ class FalconForCausalLM(DecoderForCausalLM):
             rope=rope_config_from_hf(config, config.hidden_size // heads),
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)))
 
-    def weight_rules(self) -> list[WeightRule]:
+    def checkpoint_layout(self) -> DecoderLayout:
+        """:data:`FALCON_LAYOUT`, with ``ln_attn`` / ``ln_mlp`` where the new architecture has
+        two norms, and the grouped or per-head ``query_key_value`` reordered to ``[q | k | v]``
+        (multi-query's is already that)."""
         spec, config = self.spec, self.config
-        h = "transformer.h.{i}"
-        separate = config.new_decoder_architecture and _num_layer_norms(config) == 2
-        attn_norm, mlp_norm = (("ln_attn", "ln_mlp") if separate
-                               else ("input_layernorm", "post_attention_layernorm"))
-        qkv_transform = (None if config.multi_query and not config.new_decoder_architecture
-                         else grouped_qkv_to_merged(spec.num_heads, spec.num_kv_heads,
-                                                    spec.head_dim))
-        return [
-            WeightRule("transformer.word_embeddings.weight", "embed_tokens.weight"),
-            WeightRule(f"{h}.{attn_norm}.{{p}}", "layers.{i}.attn_norm.{p}"),
-            WeightRule(f"{h}.{mlp_norm}.{{p}}", "layers.{i}.mlp_norm.{p}"),
-            WeightRule(f"{h}.self_attention.query_key_value.{{p}}",
-                       "layers.{i}.attn.qkv_proj.{p}", transform=qkv_transform),
-            WeightRule(f"{h}.self_attention.dense.{{p}}", "layers.{i}.attn.o_proj.{p}"),
-            WeightRule(f"{h}.mlp.dense_h_to_4h.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
-            WeightRule(f"{h}.mlp.dense_4h_to_h.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
-            WeightRule("transformer.ln_f.{p}", "norm.{p}"),
-            WeightRule("lm_head.weight",
-                       None if spec.tie_word_embeddings else "lm_head.weight"),
-        ]
+        layout = self.layout
+        if config.new_decoder_architecture and _num_layer_norms(config) == 2:
+            layout = replace(layout, attn_norm="ln_attn", mlp_norm="ln_mlp")
+        if config.multi_query and not config.new_decoder_architecture:
+            return layout
+        return replace(layout, qkv_transform=grouped_qkv_to_merged(
+            spec.num_heads, spec.num_kv_heads, spec.head_dim))

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
-from octavo_models.weight_map import WeightRule, conv1d_to_linear
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+from octavo_models.weight_map import conv1d_to_linear
+
+GPT2_LAYOUT = DecoderLayout(
+    embed="transformer.wte.weight", positions="transformer.wpe.weight",
+    layer="transformer.h.{i}", attn_norm="ln_1", qkv="attn.c_attn", o="attn.c_proj",
+    mlp_norm="ln_2", up="mlp.c_fc", down="mlp.c_proj", final_norm="transformer.ln_f",
+    linear_transform=conv1d_to_linear,
+    layer_buffers=("attn.bias", "attn.masked_bias"))  # causal masks of older checkpoints
 
 
 class GPT2LMHeadModel(DecoderForCausalLM):
     checkpoint_prefix = "transformer"
+    layout = GPT2_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
@@ -28,26 +36,3 @@ class GPT2LMHeadModel(DecoderForCausalLM):
             attn_scale=None if config.scale_attn_weights else 1.0,
             scale_by_inverse_layer=bool(config.scale_attn_by_inverse_layer_idx),
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)))
-
-    def weight_rules(self) -> list[WeightRule]:
-        h = "transformer.h.{i}"
-        return [
-            WeightRule("transformer.wte.weight", "embed_tokens.weight"),
-            WeightRule("transformer.wpe.weight", "embed_positions.weight"),
-            WeightRule(f"{h}.ln_1.{{p}}", "layers.{i}.attn_norm.{p}"),
-            WeightRule(f"{h}.attn.c_attn.{{p}}", "layers.{i}.attn.qkv_proj.{p}",
-                       transform=conv1d_to_linear),
-            WeightRule(f"{h}.attn.c_proj.{{p}}", "layers.{i}.attn.o_proj.{p}",
-                       transform=conv1d_to_linear),
-            WeightRule(f"{h}.ln_2.{{p}}", "layers.{i}.mlp_norm.{p}"),
-            WeightRule(f"{h}.mlp.c_fc.{{p}}", "layers.{i}.mlp.up_proj.{p}",
-                       transform=conv1d_to_linear),
-            WeightRule(f"{h}.mlp.c_proj.{{p}}", "layers.{i}.mlp.down_proj.{p}",
-                       transform=conv1d_to_linear),
-            WeightRule("transformer.ln_f.{p}", "norm.{p}"),
-            WeightRule("lm_head.weight",
-                       None if self.spec.tie_word_embeddings else "lm_head.weight"),
-            # causal-mask buffers that older checkpoints carry
-            WeightRule(f"{h}.attn.bias", None),
-            WeightRule(f"{h}.attn.masked_bias", None),
-        ]

@@ -4,15 +4,26 @@ parallel residual with two norms (or sequential when ``use_parallel_residual`` i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from octavo.layers import rope_config_from_hf
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
-from octavo_models.weight_map import WeightRule, grouped_qkv_to_merged
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+from octavo_models.weight_map import grouped_qkv_to_merged
+
+GPT_NEOX_LAYOUT = DecoderLayout(
+    embed="gpt_neox.embed_in.weight", layer="gpt_neox.layers.{i}",
+    attn_norm="input_layernorm", qkv="attention.query_key_value", o="attention.dense",
+    mlp_norm="post_attention_layernorm", up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h",
+    final_norm="gpt_neox.final_layer_norm",
+    lm_head=("embed_out.weight", "lm_head.weight"),  # transformers 4 / 5
+    # buffers older checkpoints carry
+    layer_buffers=("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"))
 
 
 class GPTNeoXForCausalLM(DecoderForCausalLM):
     checkpoint_prefix = "gpt_neox"
+    layout = GPT_NEOX_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
@@ -28,24 +39,8 @@ class GPTNeoXForCausalLM(DecoderForCausalLM):
             parallel_residual=bool(config.use_parallel_residual), rope=rope,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
 
-    def weight_rules(self) -> list[WeightRule]:
+    def checkpoint_layout(self) -> DecoderLayout:
+        """:data:`GPT_NEOX_LAYOUT`, its per-head ``[q, k, v]`` reordered to ``[q | k | v]``."""
         spec = self.spec
-        layer = "gpt_neox.layers.{i}"
-        to_merged = grouped_qkv_to_merged(spec.num_heads, spec.num_kv_heads, spec.head_dim)
-        return [
-            WeightRule("gpt_neox.embed_in.weight", "embed_tokens.weight"),
-            WeightRule(f"{layer}.input_layernorm.{{p}}", "layers.{i}.attn_norm.{p}"),
-            WeightRule(f"{layer}.attention.query_key_value.{{p}}",
-                       "layers.{i}.attn.qkv_proj.{p}", transform=to_merged),
-            WeightRule(f"{layer}.attention.dense.{{p}}", "layers.{i}.attn.o_proj.{p}"),
-            WeightRule(f"{layer}.post_attention_layernorm.{{p}}", "layers.{i}.mlp_norm.{p}"),
-            WeightRule(f"{layer}.mlp.dense_h_to_4h.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
-            WeightRule(f"{layer}.mlp.dense_4h_to_h.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
-            WeightRule("gpt_neox.final_layer_norm.{p}", "norm.{p}"),
-            *(WeightRule(name, None if spec.tie_word_embeddings else "lm_head.weight")
-              for name in ("embed_out.weight", "lm_head.weight")),  # transformers 4 / 5
-            # buffers older checkpoints carry
-            WeightRule(f"{layer}.attention.bias", None),
-            WeightRule(f"{layer}.attention.masked_bias", None),
-            WeightRule(f"{layer}.attention.rotary_emb.inv_freq", None),
-        ]
+        return replace(self.layout, qkv_transform=grouped_qkv_to_merged(
+            spec.num_heads, spec.num_kv_heads, spec.head_dim))

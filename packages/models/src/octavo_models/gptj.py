@@ -7,12 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 from octavo.layers import RopeConfig
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
-from octavo_models.weight_map import WeightRule
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+
+GPTJ_LAYOUT = DecoderLayout(
+    embed="transformer.wte.weight", layer="transformer.h.{i}", attn_norm="ln_1",
+    qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), o="attn.out_proj",
+    up="mlp.fc_in", down="mlp.fc_out", final_norm="transformer.ln_f",
+    lm_head_bias="lm_head.bias",
+    layer_buffers=("attn.bias", "attn.masked_bias"))  # buffers older checkpoints carry
 
 
 class GPTJForCausalLM(DecoderForCausalLM):
     checkpoint_prefix = "transformer"
+    layout = GPTJ_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
@@ -27,22 +34,3 @@ class GPTJForCausalLM(DecoderForCausalLM):
             qkv_bias=False, o_bias=False, parallel_residual=True, shared_norm=True, rope=rope,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             lm_head_bias=True)
-
-    def weight_rules(self) -> list[WeightRule]:
-        h = "transformer.h.{i}"
-        return [
-            WeightRule("transformer.wte.weight", "embed_tokens.weight"),
-            WeightRule(f"{h}.ln_1.{{p}}", "layers.{i}.attn_norm.{p}"),
-            *(WeightRule(f"{h}.attn.{x}_proj.{{p}}", "layers.{i}.attn.qkv_proj.{p}",
-                         shard=x) for x in "qkv"),
-            WeightRule(f"{h}.attn.out_proj.{{p}}", "layers.{i}.attn.o_proj.{p}"),
-            WeightRule(f"{h}.mlp.fc_in.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
-            WeightRule(f"{h}.mlp.fc_out.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
-            WeightRule("transformer.ln_f.{p}", "norm.{p}"),
-            WeightRule("lm_head.weight",
-                       None if self.spec.tie_word_embeddings else "lm_head.weight"),
-            WeightRule("lm_head.bias", "lm_head_bias"),
-            # buffers older checkpoints carry
-            WeightRule(f"{h}.attn.bias", None),
-            WeightRule(f"{h}.attn.masked_bias", None),
-        ]

@@ -8,8 +8,12 @@ import copy
 import math
 from typing import Any
 
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
-from octavo_models.weight_map import WeightRule
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+
+MPT_LAYOUT = DecoderLayout(
+    embed="transformer.wte.weight", layer="transformer.blocks.{i}", attn_norm="norm_1",
+    qkv="attn.Wqkv", o="attn.out_proj", mlp_norm="norm_2", up="ffn.up_proj",
+    down="ffn.down_proj", final_norm="transformer.norm_f")
 
 
 def mpt_alibi_slopes(num_heads: int, alibi_bias_max: float = 8.0) -> list[float]:
@@ -30,6 +34,7 @@ def _attn_option(config: Any, name: str, default: Any = None) -> Any:
 
 class MptForCausalLM(DecoderForCausalLM):
     checkpoint_prefix = "transformer"
+    layout = MPT_LAYOUT
 
     @classmethod
     def adapt_config(cls, config: Any) -> Any:
@@ -57,18 +62,3 @@ class MptForCausalLM(DecoderForCausalLM):
             attn_scale=_attn_option(config, "softmax_scale"),
             qkv_clip=_attn_option(config, "clip_qkv"),
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)))
-
-    def weight_rules(self) -> list[WeightRule]:
-        b = "transformer.blocks.{i}"
-        return [
-            WeightRule("transformer.wte.weight", "embed_tokens.weight"),
-            WeightRule(f"{b}.norm_1.{{p}}", "layers.{i}.attn_norm.{p}"),
-            WeightRule(f"{b}.attn.Wqkv.{{p}}", "layers.{i}.attn.qkv_proj.{p}"),
-            WeightRule(f"{b}.attn.out_proj.{{p}}", "layers.{i}.attn.o_proj.{p}"),
-            WeightRule(f"{b}.norm_2.{{p}}", "layers.{i}.mlp_norm.{p}"),
-            WeightRule(f"{b}.ffn.up_proj.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
-            WeightRule(f"{b}.ffn.down_proj.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
-            WeightRule("transformer.norm_f.{p}", "norm.{p}"),
-            WeightRule("lm_head.weight",
-                       None if self.spec.tie_word_embeddings else "lm_head.weight"),
-        ]

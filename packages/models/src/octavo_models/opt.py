@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from octavo_models.decoder import DecoderForCausalLM, DecoderSpec
+from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
 from octavo_models.weight_map import WeightRule
 
 POSITION_OFFSET = 2  # OPT's learned position table starts at row 2
 
+OPT_LAYOUT = DecoderLayout(
+    embed="model.decoder.embed_tokens.weight", positions="model.decoder.embed_positions.weight",
+    layer="model.decoder.layers.{i}", attn_norm="self_attn_layer_norm",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), o="self_attn.out_proj",
+    mlp_norm="final_layer_norm", up="fc1", down="fc2",
+    final_norm="model.decoder.final_layer_norm",
+    extra=tuple(WeightRule(f"model.decoder.{name}.{{p}}", f"{name}.{{p}}")
+                for name in ("project_in", "project_out")))
+
 
 class OPTForCausalLM(DecoderForCausalLM):
     checkpoint_prefix = "model"
+    layout = OPT_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
@@ -34,22 +44,3 @@ class OPTForCausalLM(DecoderForCausalLM):
             max_positions=config.max_position_embeddings, position_offset=POSITION_OFFSET,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
             embed_dim=config.word_embed_proj_dim)
-
-    def weight_rules(self) -> list[WeightRule]:
-        d, layer = "model.decoder", "model.decoder.layers.{i}"
-        return [
-            WeightRule(f"{d}.embed_tokens.weight", "embed_tokens.weight"),
-            WeightRule(f"{d}.embed_positions.weight", "embed_positions.weight"),
-            WeightRule(f"{d}.project_in.{{p}}", "project_in.{p}"),
-            WeightRule(f"{d}.project_out.{{p}}", "project_out.{p}"),
-            WeightRule(f"{layer}.self_attn_layer_norm.{{p}}", "layers.{i}.attn_norm.{p}"),
-            *(WeightRule(f"{layer}.self_attn.{x}_proj.{{p}}", "layers.{i}.attn.qkv_proj.{p}",
-                         shard=x) for x in "qkv"),
-            WeightRule(f"{layer}.self_attn.out_proj.{{p}}", "layers.{i}.attn.o_proj.{p}"),
-            WeightRule(f"{layer}.final_layer_norm.{{p}}", "layers.{i}.mlp_norm.{p}"),
-            WeightRule(f"{layer}.fc1.{{p}}", "layers.{i}.mlp.up_proj.{p}"),
-            WeightRule(f"{layer}.fc2.{{p}}", "layers.{i}.mlp.down_proj.{p}"),
-            WeightRule(f"{d}.final_layer_norm.{{p}}", "norm.{p}"),
-            WeightRule("lm_head.weight",
-                       None if self.spec.tie_word_embeddings else "lm_head.weight"),
-        ]
