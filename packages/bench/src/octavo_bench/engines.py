@@ -8,7 +8,7 @@ and the process's peak resident memory around the run.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
@@ -162,6 +162,7 @@ class OctavoEngine:
         self.llm = None
 
 
+@dataclass(eq=False)
 class HFEngine:
     """HF transformers ``generate``: static batches, left-padded, the way HF users batch.
 
@@ -171,15 +172,16 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: str | None, *, batch_size: int, dtype: str = "float32",
-                 device: str = "cpu") -> None:
-        if batch_size <= 0:
-            raise ValueError(f"HF batch size must be positive, got {batch_size}")
-        self.model_name = model
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self.device = device
-        self.model = None
+    model_name: str | None
+    _: KW_ONLY
+    batch_size: int
+    dtype: str = "float32"
+    device: str = "cpu"
+    model: Any = field(default=None, init=False, repr=False)  # set by load()
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"HF batch size must be positive, got {self.batch_size}")
 
     def load(self) -> None:
         import torch
@@ -256,19 +258,19 @@ class HFEngine:
         self.model = None
 
 
+@dataclass(eq=False)
 class LlamaCppEngine:
     """llama-cpp-python on a GGUF of the same model, one request at a time (its Python API
     decodes one sequence per context), greedy, EOS ignored."""
 
     name = "llama.cpp"
 
-    def __init__(self, gguf_path: str, *, threads: int, n_ctx: int | None = None,
-                 n_batch: int = 512) -> None:
-        self.gguf_path = gguf_path
-        self.threads = threads
-        self.n_ctx = n_ctx
-        self.n_batch = n_batch
-        self.llama = None
+    gguf_path: str
+    _: KW_ONLY
+    threads: int
+    n_ctx: int | None = None
+    n_batch: int = 512
+    llama: Any = field(default=None, init=False, repr=False)  # set by load()
 
     @staticmethod
     def available() -> bool:
