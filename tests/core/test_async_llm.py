@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -119,3 +121,54 @@ def test_duplicate_request_id_is_rejected(folder):
         await llm.shutdown()
 
     asyncio.run(main())
+
+
+def test_the_event_loop_never_waits_for_a_step(folder):
+    """Adding, aborting and reading stats while a long step runs: the loop keeps ticking
+    (it used to wait on the engine lock for the whole step)."""
+    step_seconds = 0.6
+
+    async def main():
+        llm = make_async(folder)
+        real_step = llm.engine.step
+        stepping = threading.Event()
+
+        def slow_step():
+            stepping.set()
+            time.sleep(step_seconds)
+            return real_step()
+
+        llm.engine.step = slow_step
+        gaps, done = [], asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        first = asyncio.create_task(collect(llm, [4, 5, 6]))
+        await asyncio.to_thread(stepping.wait)  # a step is running now
+        start = time.perf_counter()
+        victim = llm.add_request([7, 8, 9], GREEDY, request_id="victim")
+        queued = llm.stats().num_waiting
+        abort = asyncio.create_task(llm.abort("victim"))
+        second = asyncio.create_task(collect(llm, [10, 11]))
+        handed_over = time.perf_counter() - start
+        await abort
+        outputs = [out async for out in victim]
+        results = await asyncio.gather(first, second)
+        done.set()
+        await ticking
+        await llm.shutdown()
+        return llm, handed_over, queued, gaps, outputs, results
+
+    llm, handed_over, queued, gaps, outputs, results = asyncio.run(main())
+    assert handed_over < 0.1 and max(gaps) < step_seconds / 3
+    assert queued >= 1  # a request handed over but not yet taken in counts as waiting
+    assert outputs[-1].outputs[0].finish_reason == "abort"
+    assert all(len(tokens) == 12 for _, tokens, _ in results)
+    assert free_blocks(llm.engine)[0] == free_blocks(llm.engine)[1]

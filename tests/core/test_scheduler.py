@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from octavo.engine.outputs import RunnerOutput
+from octavo.engine.outputs import RunnerOutput, SchedulerOutput
 from octavo.engine.scheduler import FCFSScheduler, PriorityScheduler
 from octavo.kv_cache import PagedKVCacheManager
 from octavo.request import Request, RequestStatus
@@ -54,8 +55,9 @@ def check_invariants(sched, out):
         needed = -(-(item.request.num_computed_tokens + item.num_tokens) // BS)
         assert len(item.block_ids) >= needed
     counts = sched.request_counts()
+    unforked = sum(len(r.fork_children) for r in sched.requests.values())
     assert (counts.running, counts.waiting, counts.swapped) == (
-        len(sched.running), len(sched.waiting), 0)
+        len(sched.running), len(sched.waiting) + unforked, 0)
 
 
 def test_long_prompt_is_chunked_under_the_budget():
@@ -138,6 +140,47 @@ def test_a_victim_scheduled_earlier_in_the_step_gives_its_tokens_back():
         run_step(sched)
     assert (len(low.output_token_ids), len(high.output_token_ids)) == (6, 4)
     assert sched.kv_cache.num_free_blocks == 2
+
+
+def fanned_out(req_id, n, num_prompt=3):
+    leader = make_request(req_id, num_prompt, max_tokens=2)
+    leader.fork_children = [make_request(f"{req_id}#{i}", num_prompt, max_tokens=2)
+                            for i in range(1, n)]
+    return leader
+
+
+def test_waiting_counts_siblings_not_yet_forked():
+    sched = make_scheduler(max_num_seqs=8)
+    sched.add_request(fanned_out("a", 5))
+    assert sched.request_counts().waiting == 5
+    run_step(sched)  # the leader prefills and forks its four siblings
+    counts = sched.request_counts()
+    assert (counts.running, counts.waiting) == (1, 4)
+
+
+@pytest.mark.parametrize("which", ["leader", "siblings", "all"])
+def test_aborting_a_fanned_out_request_is_linear(which):
+    """Aborting 20,000 sequences (a request with n = 20,000, or its siblings) takes well under
+    a second and leaves nothing behind; it used to scan every request per sequence."""
+    n = 20_000
+    sched = make_scheduler(num_blocks=64)
+    sched.add_request(fanned_out("big", n))
+    sched.add_request(make_request("other", 5, max_tokens=3))
+    ids = {"leader": ["big"], "siblings": [f"big#{i}" for i in range(1, n)],
+           "all": ["big", *(f"big#{i}" for i in range(1, n))]}[which]
+    start = time.perf_counter()
+    outputs = sched.abort_requests(ids)
+    assert time.perf_counter() - start < 1.0
+    assert len(outputs) == len(ids)
+    survivors = {"leader": n - 1, "siblings": 1, "all": 0}[which]
+    assert sched.request_counts().waiting == survivors + 1  # + "other"
+    for _ in range(10):  # one heir leads the survivors
+        if sched.request_counts().waiting <= 8:
+            break
+        run_step(sched)
+    sched.abort_requests(list(sched.requests))
+    assert not sched.has_unfinished_requests() and sched.kv_cache.num_free_blocks == 64
+    assert sched.request_counts().waiting == 0
 
 
 def test_abort_frees_blocks_at_once():
@@ -227,7 +270,8 @@ def test_random_add_step_abort_streams_end_with_every_block_free(data):
         elif action == "step":
             out, _ = run_step(sched, rng)
         elif ids:
-            sched.abort_requests([data.draw(st.sampled_from(ids))])
+            sched.abort_requests(data.draw(st.lists(st.sampled_from(ids), max_size=3)))
+            check_invariants(sched, SchedulerOutput())
     for _ in range(2000):
         if not sched.has_unfinished_requests():
             break

@@ -46,8 +46,10 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
     generator: torch.Generator | None = None
-    # n > 1: siblings wait for this request's prompt, then fork its blocks (copy-on-write).
+    # n > 1: siblings wait for this request's prompt, then fork its blocks (copy-on-write);
+    # until then each sibling's fork_parent is the request whose prompt it waits for.
     fork_children: list[Request] = field(default_factory=list)
+    fork_parent: Request | None = field(default=None, repr=False)
     num_preemptions: int = 0
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first schedule
     first_scheduled_time: float | None = None

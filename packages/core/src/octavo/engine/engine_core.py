@@ -21,6 +21,11 @@ class EngineCore:
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
 
+    def check_request(self, request: Request) -> None:
+        """ValueError if the scheduler could never run the request (see
+        ``Scheduler.check_request``)."""
+        self.scheduler.check_request(request)
+
     def abort_requests(self, req_ids: Iterable[str]) -> list[EngineCoreOutput]:
         return self.scheduler.abort_requests(req_ids)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 
@@ -14,6 +15,18 @@ from octavo.engine.stats import EngineInfo, EngineStats
 from octavo.outputs import RequestOutput
 from octavo.request import Request
 from octavo.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated request, ready to queue: its core requests (the leader first, then its
+    ``n - 1`` siblings)."""
+
+    request_id: str
+    text: str | None
+    token_ids: list[int]
+    params: SamplingParams
+    core_requests: list[Request]
 
 
 class LLMEngine:
@@ -62,10 +75,14 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     priority: int = 0) -> None:
         """Validate and queue a request; raises ValueError (and queues nothing) on bad input."""
+        self.admit(self.prepare_request(request_id, prompt, params, priority))
+
+    def prepare_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                        priority: int = 0) -> PreparedRequest:
+        """Validate a request and build its core requests without touching the engine's state,
+        so it may run on any thread while a step runs; raises ValueError on bad input."""
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling params must be SamplingParams, not {type(params).__name__}")
-        if self.outputs.has_request(request_id):
-            raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.process_prompt(prompt)
         params.verify_token_ids(self.inputs.vocab_size)
         children = [self._core_request(request_id if params.n == 1 else f"{request_id}#{i}",
@@ -74,8 +91,16 @@ class LLMEngine:
                     for i in range(params.n)]
         leader, *siblings = children
         leader.fork_children = siblings
-        self.core.add_request(leader)
-        self.outputs.add_request(request_id, text, token_ids, params, children)
+        self.core.check_request(leader)
+        return PreparedRequest(request_id, text, token_ids, params, children)
+
+    def admit(self, prepared: PreparedRequest) -> None:
+        """Queue a prepared request (between steps); ValueError if its id is in use."""
+        if self.outputs.has_request(prepared.request_id):
+            raise ValueError(f"request id {prepared.request_id!r} is already in use")
+        self.core.add_request(prepared.core_requests[0])
+        self.outputs.add_request(prepared.request_id, prepared.text, prepared.token_ids,
+                                 prepared.params, prepared.core_requests)
 
     def _core_request(self, req_id: str, token_ids: list[int], params: SamplingParams,
                       priority: int) -> Request:

@@ -64,7 +64,25 @@ class Scheduler(ABC):
     @abstractmethod
     def request_counts(self) -> RequestCounts:
         """Sequences running, waiting and swapped out now (the server's queue limit and the
-        metrics read these)."""
+        metrics read these); waiting includes ``n > 1`` siblings not yet started."""
+
+    def check_request(self, request: Request) -> None:
+        """Raise ValueError if the request can never run under these limits (its prompt does
+        not fit the context, the cache, or, without chunked prefill, one step); the engine
+        calls it before queueing, so a bad request is refused at once."""
+        if request.num_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {request.num_prompt_tokens} tokens; this model's context is "
+                f"{self.max_model_len} tokens, which leaves no room to generate")
+        if not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens:
+            raise ValueError(
+                f"the prompt has {request.num_prompt_tokens} tokens, more than "
+                f"max_num_batched_tokens={self.max_num_batched_tokens} with chunked prefill off")
+        blocks_needed = -(-request.num_prompt_tokens // self.kv_cache.block_size)
+        if blocks_needed > self.kv_cache.num_blocks:
+            raise ValueError(
+                f"the prompt needs {blocks_needed} KV blocks; the cache has only "
+                f"{self.kv_cache.num_blocks}")
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix; callers make sure no request is in flight."""
@@ -110,52 +128,39 @@ class ContinuousBatchingScheduler(Scheduler):
         self.waiting: RequestQueue = self.queue_class()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.num_unforked = 0  # n > 1 siblings still waiting for their leader's prompt
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request):
         if request.req_id in self.requests:
             raise ValueError(f"request id {request.req_id!r} is already in use")
-        self._check_fits(request)
+        self.check_request(request)
         self.requests[request.req_id] = request
         for child in request.fork_children:
             self.requests[child.req_id] = child
+            child.fork_parent = request
+        self.num_unforked += len(request.fork_children)
         self.waiting.add(request)
 
-    def _check_fits(self, request: Request) -> None:
-        if request.num_prompt_tokens >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {request.num_prompt_tokens} tokens; this model's context is "
-                f"{self.max_model_len} tokens, which leaves no room to generate")
-        if not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens:
-            raise ValueError(
-                f"the prompt has {request.num_prompt_tokens} tokens, more than "
-                f"max_num_batched_tokens={self.max_num_batched_tokens} with chunked prefill off")
-        blocks_needed = -(-request.num_prompt_tokens // self.kv_cache.block_size)
-        if blocks_needed > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"the prompt needs {blocks_needed} KV blocks; the cache has only "
-                f"{self.kv_cache.num_blocks}")
-
     def abort_requests(self, req_ids):
-        outputs = []
-        for req_id in req_ids:
-            request = self.requests.get(req_id)
-            if request is None or request.is_finished:
-                continue
-            self._detach_unforked(request)
-            if request.status == RequestStatus.RUNNING:
-                self.running.remove(request)
-            elif request in self.waiting:
+        """O(aborted + running): thousands of ``n > 1`` siblings go at once."""
+        doomed = {req_id: self.requests[req_id] for req_id in req_ids if req_id in self.requests}
+        if not doomed:
+            return []
+        self._detach_unforked(doomed)
+        self.running = [r for r in self.running if r.req_id not in doomed]
+        for request in doomed.values():
+            if request in self.waiting:
                 self.waiting.remove(request)
             self._finish(request, RequestStatus.FINISHED_ABORTED)
-            outputs.append(EngineCoreOutput(req_id, finish_reason="abort"))
-        return outputs
+        return [EngineCoreOutput(req_id, finish_reason="abort") for req_id in doomed]
 
     def has_unfinished_requests(self):
         return bool(self.requests)
 
     def request_counts(self) -> RequestCounts:
-        return RequestCounts(running=len(self.running), waiting=len(self.waiting))
+        return RequestCounts(running=len(self.running),
+                             waiting=len(self.waiting) + self.num_unforked)
 
     # -- scheduling -------------------------------------------------------------------------
     def schedule(self):
@@ -307,19 +312,39 @@ class ContinuousBatchingScheduler(Scheduler):
         for child in reversed(parent.fork_children):
             self.kv_cache.fork(parent, child, parent.num_prompt_tokens)
             child.num_computed_tokens = parent.num_prompt_tokens - 1
+            child.fork_parent = None
             self.waiting.add_front(child)
+        self.num_unforked -= len(parent.fork_children)
         parent.fork_children = []
 
-    def _detach_unforked(self, request: Request) -> None:
-        """An aborted parent hands its unforked siblings to the first of them."""
-        if request.fork_children:
-            heir, *rest = request.fork_children
-            heir.fork_children = rest
-            request.fork_children = []
-            self.waiting.add(heir)
-        for other in self.requests.values():
-            if request in other.fork_children:
-                other.fork_children.remove(request)
+    def _detach_unforked(self, doomed: dict[str, Request]) -> None:
+        """Unforked siblings leave with their aborted requests: an aborted leader hands the
+        survivors to the first of them, and an aborted sibling leaves its live leader's list."""
+        live_leaders: dict[str, Request] = {}
+        for request in doomed.values():
+            parent = request.fork_parent
+            if parent is not None and parent.req_id not in doomed:
+                live_leaders[parent.req_id] = parent
+            if request.fork_children:
+                self._hand_over(request, [c for c in request.fork_children
+                                          if c.req_id not in doomed])
+        for leader in live_leaders.values():
+            kept = [c for c in leader.fork_children if c.req_id not in doomed]
+            self.num_unforked -= len(leader.fork_children) - len(kept)
+            leader.fork_children = kept
+
+    def _hand_over(self, leader: Request, survivors: list[Request]) -> None:
+        """An aborted leader's surviving siblings wait for the first of them instead."""
+        self.num_unforked -= len(leader.fork_children)
+        leader.fork_children = []
+        if not survivors:
+            return
+        heir, *rest = survivors
+        heir.fork_parent, heir.fork_children = None, rest
+        for child in rest:
+            child.fork_parent = heir
+        self.num_unforked += len(rest)
+        self.waiting.add(heir)
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         request.status = status
