@@ -229,3 +229,21 @@ def test_stop_token_ends_the_output_and_its_text_is_left_out(llama, include):
     assert completion.token_ids == tokens[:first + 1]
     assert completion.finish_reason == "stop" and completion.stop_reason == stop_id
     assert completion.text.split() == words[:first + 1 if include else first]
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_min_tokens_keeps_eos_away_as_hf_min_new_tokens(llama, ignore_eos):
+    """EOS is the greedy first token here; with min_tokens = 5 neither HF (min_new_tokens) nor
+    Octavo may sample it for five tokens, ignore_eos or not."""
+    folder, hf_model = llama
+    prompt = random_prompts([7], seed=3)[0]
+    eos = hf_greedy(hf_model, prompt, 1)[0]
+    hf = hf_model.generate(torch.tensor([prompt]), min_new_tokens=5, max_new_tokens=5,
+                           eos_token_id=eos, pad_token_id=eos, do_sample=False)[0, len(prompt):]
+    llm = make_llm(folder)
+    llm.engine.eos_token_ids = frozenset({eos})
+    params = SamplingParams(temperature=0, min_tokens=5, max_tokens=5, ignore_eos=ignore_eos)
+    (out,) = llm.generate([prompt], params)
+    assert eos not in out.outputs[0].token_ids
+    assert out.outputs[0].token_ids == hf.tolist()
+    assert_no_blocks_held(llm)

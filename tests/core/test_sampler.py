@@ -52,7 +52,7 @@ def ref_process(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
     for token, bias in (p.logit_bias or {}).items():
         out[token] += bias
     if len(row.output_token_ids) < p.min_tokens:
-        banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(row.eos_token_ids))
+        banned = set(p.stop_token_ids) | set(row.eos_token_ids)
         for token in banned:
             out[token] = float("-inf")
     if p.repetition_penalty != 1.0:
@@ -146,7 +146,7 @@ def test_each_processor_alone(step):
     assert changed  # the step did something in this scenario
 
 
-def test_min_tokens_masks_eos_and_stop_ids_unless_ignored():
+def test_min_tokens_masks_eos_and_stop_ids_even_when_eos_is_ignored():
     logits = torch.zeros(3, 8)
     logits[:, 0] = logits[:, 5] = 10.0  # eos 0 and stop token 5 are the likeliest
     rows = [SamplingRow(SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[5]),
@@ -157,7 +157,7 @@ def test_min_tokens_masks_eos_and_stop_ids_unless_ignored():
                         [1], [3, 4], None, frozenset({0}))]
     processed = Sampler().process_logits(logits, rows)
     assert processed[0, 0] == processed[0, 5] == float("-inf")
-    assert processed[1, 0] == 10.0 and processed[1, 5] == float("-inf")
+    assert processed[1, 0] == processed[1, 5] == float("-inf")  # ignore_eos changes nothing
     assert torch.equal(processed[2], logits[2])
 
 

@@ -35,7 +35,8 @@ class SamplingParams:
         logit_bias: Token id -> bias in [-100, 100] added to the logits.
         seed: Seeds the request's own random generator (reproducible sampling).
         max_tokens: Most tokens to generate; None runs until the context ends.
-        min_tokens: EOS and stop tokens/strings are ignored before this many tokens.
+        min_tokens: EOS and stop tokens cannot be sampled, and stop strings do not match,
+            before this many tokens (with or without ``ignore_eos``, as vLLM).
         stop: Strings that end the completion (not included unless asked).
         stop_token_ids: Token ids that end the completion.
         ignore_eos: Keep generating after EOS.

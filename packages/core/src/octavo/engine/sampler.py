@@ -211,16 +211,14 @@ def _logit_bias_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, 
 
 
 def _min_tokens_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, int, float]]:
-    """``(row, token, -inf)`` banning stop tokens (and EOS unless ignored) until a row has
-    ``min_tokens`` outputs."""
+    """``(row, token, -inf)`` banning EOS and stop tokens until a row has ``min_tokens``
+    outputs, whether or not ``ignore_eos`` is set (as vLLM, and HF's ``min_new_tokens``)."""
     entries = []
     for i, row in enumerate(rows):
         params = row.params
         if len(row.output_token_ids) >= params.min_tokens:
             continue
-        banned = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            banned |= row.eos_token_ids
+        banned = set(params.stop_token_ids) | row.eos_token_ids
         entries += [(i, token, float("-inf")) for token in banned if token < vocab]
     return entries
 
