@@ -73,6 +73,18 @@ def test_long_prompt_is_chunked_under_the_budget():
     assert sched.kv_cache.num_free_blocks == 64
 
 
+@pytest.mark.parametrize("threshold", [None, 8])
+def test_a_long_prompt_leaves_room_for_short_requests_with_a_threshold(threshold):
+    sched = make_scheduler(max_num_batched_tokens=16, long_prefill_token_threshold=threshold)
+    sched.add_request(make_request("long", 100, max_tokens=1))
+    run_step(sched)
+    sched.add_request(make_request("short", 3, max_tokens=1))
+    out, _ = run_step(sched)
+    chunks = {s.request.req_id: s.num_tokens for s in out.scheduled}
+    # Without a threshold the long prompt takes the whole budget and the short one waits.
+    assert chunks == ({"long": 16} if threshold is None else {"long": 8, "short": 3})
+
+
 def test_running_requests_come_before_waiting_ones():
     sched = make_scheduler(max_num_batched_tokens=10, caching=False)
     a, b = make_request("a", 6, max_tokens=5), make_request("b", 12)
@@ -251,7 +263,8 @@ def test_random_add_step_abort_streams_end_with_every_block_free(data):
     cls = data.draw(st.sampled_from([FCFSScheduler, PriorityScheduler]))
     sched = make_scheduler(num_blocks, cls, caching=data.draw(st.booleans()),
                            max_num_batched_tokens=data.draw(st.integers(4, 32)),
-                           max_num_seqs=data.draw(st.integers(1, 6)), max_model_len=40)
+                           max_num_seqs=data.draw(st.integers(1, 6)), max_model_len=40,
+                           long_prefill_token_threshold=data.draw(st.sampled_from([None, 2, 5])))
     rng = random.Random(data.draw(st.integers(0, 1000)))
     ids = []
     for step in range(data.draw(st.integers(1, 40))):

@@ -70,6 +70,7 @@ def build_engine_core(loaded, cache: CacheSettings, sched: SchedulerSettings,
     scheduler = schedulers().get(sched.scheduler)(
         manager, max_num_batched_tokens=sched.max_num_batched_tokens,
         max_num_seqs=sched.max_num_seqs, max_model_len=max_model_len,
-        enable_chunked_prefill=sched.enable_chunked_prefill)
+        enable_chunked_prefill=sched.enable_chunked_prefill,
+        long_prefill_token_threshold=sched.long_prefill_token_threshold)
     runner = ModelRunner(loaded.model, kv_caches, cache.block_size, loaded.device)
     return EngineCore(scheduler, runner)

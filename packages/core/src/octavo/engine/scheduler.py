@@ -33,15 +33,20 @@ class Scheduler(ABC):
         max_num_seqs: the most requests running at once.
         max_model_len: the model's context; prompts that leave no room are refused.
         enable_chunked_prefill: split prompts longer than the budget over several steps.
+        long_prefill_token_threshold: with chunked prefill, one request's prompt takes at most
+            this many tokens of a step (None: the whole budget), so a long prompt leaves
+            room for the others every step instead of holding them back until it is done.
     """
 
     def __init__(self, kv_cache: KVCacheManager, *, max_num_batched_tokens: int,
-                 max_num_seqs: int, max_model_len: int, enable_chunked_prefill: bool = True):
+                 max_num_seqs: int, max_model_len: int, enable_chunked_prefill: bool = True,
+                 long_prefill_token_threshold: int | None = None):
         self.kv_cache = kv_cache
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
+        self.long_prefill_token_threshold = long_prefill_token_threshold
 
     @abstractmethod
     def add_request(self, request: Request) -> None:
@@ -87,6 +92,13 @@ class Scheduler(ABC):
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix; callers make sure no request is in flight."""
         self.kv_cache.reset_prefix_cache()
+
+    def chunk_size(self, num_new: int, budget: int, in_prompt: bool) -> int:
+        """Tokens a request with ``num_new`` to compute gets this step from ``budget``: a
+        prompt chunk is capped by ``long_prefill_token_threshold`` (with chunked prefill)."""
+        if in_prompt and self.enable_chunked_prefill and self.long_prefill_token_threshold:
+            num_new = min(num_new, self.long_prefill_token_threshold)
+        return min(num_new, budget)
 
 
 @dataclass
@@ -177,7 +189,9 @@ class ContinuousBatchingScheduler(Scheduler):
                 return
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this step
-            num_new = min(request.num_tokens - request.num_computed_tokens, plan.budget)
+            num_new = self.chunk_size(request.num_tokens - request.num_computed_tokens,
+                                      plan.budget, request.num_computed_tokens
+                                      < request.num_prompt_tokens)
             if self._exceeds_cache(request.num_computed_tokens + num_new):
                 self.running.remove(request)  # it cannot fit even alone: end it, don't thrash
                 self._finish(request, RequestStatus.FINISHED_LENGTH)
@@ -206,10 +220,9 @@ class ContinuousBatchingScheduler(Scheduler):
             prefix = self._cached_prefix(request)
             num_computed = prefix.num_tokens if prefix else request.num_computed_tokens
             num_new = request.num_tokens - num_computed
-            if num_new > plan.budget:
-                if not self.enable_chunked_prefill:
-                    return
-                num_new = plan.budget
+            if num_new > plan.budget and not self.enable_chunked_prefill:
+                return
+            num_new = self.chunk_size(num_new, plan.budget, num_computed < request.num_prompt_tokens)
             if not self.kv_cache.allocate_slots(request, num_new, prefix):
                 if not self.running and self._release_waiting_blocks(keep=request):
                     continue  # forked siblings held the blocks; they recompute later
