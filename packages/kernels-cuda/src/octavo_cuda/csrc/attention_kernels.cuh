@@ -20,6 +20,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "attention_common.cuh"
 #include "attention_tc.cuh"
 #include "compat.cuh"
 #include "dtypes.cuh"
@@ -94,15 +95,7 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
 
   // --- which request and which of its query tiles (block-uniform) ---
   const int tile = blockIdx.x;
-  int seq = 0;
-  {
-    int hi = args.num_seqs - 1;
-    while (seq < hi) {  // the last request whose first tile is <= tile
-      const int mid = (seq + hi + 1) / 2;
-      if (first_tile_of(args.query_start_loc, mid, qb) <= tile) seq = mid;
-      else hi = mid - 1;
-    }
-  }
+  const int seq = request_of_tile(args.query_start_loc, args.num_seqs, tile, qb);
   const int q_begin = load_global(args.query_start_loc + seq);
   const int query_len = load_global(args.query_start_loc + seq + 1) - q_begin;
   if (plan.tc && query_len >= tc::kMinQueries) return;  // the tensor-core kernel's request
@@ -183,16 +176,7 @@ paged_attention_kernel(const PagedAttentionArgs args, const PagedAttentionPlan p
     const int n_tile = min(kTile, kv_end - tile_begin);
 
     // 1. K/V row offsets of the tile's tokens.
-    if (tid < kTile) {
-      int64_t off = -1;
-      if (tid < n_tile) {
-        const int pos = tile_begin + tid;
-        const int64_t block = load_global(block_table + pos / args.block_size);
-        off = block * args.cache_block_stride +
-              int64_t(pos % args.block_size) * args.cache_token_stride;
-      }
-      s_off[tid] = off;
-    }
+    tile_kv_offsets<kTile>(args, block_table, tile_begin, n_tile, tid, s_off);
     __syncthreads();
 
     // 2. Scores of every row against every tile token. All of the tile's K loads of this

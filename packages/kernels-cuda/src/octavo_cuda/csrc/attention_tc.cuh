@@ -18,6 +18,7 @@
 
 #include <cmath>
 
+#include "attention_common.cuh"
 #include "compat.cuh"
 #include "dtypes.cuh"
 #include "kernels.h"
@@ -51,12 +52,6 @@ struct TcLayout {
   static_assert(kOffK % 128 == 0 && kOffV % 128 == 0 && kOffS % 128 == 0 && kOffP % 128 == 0,
                 "WMMA pointers need 32-byte alignment");
 };
-
-// First query tile of request `seq` in a grid of tiles of qb queries (plan_paged_attention).
-__device__ __forceinline__ int first_tile_of(const int32_t* query_start_loc, int seq, int qb) {
-  const int start = load_global(query_start_loc + seq);
-  return qb > 1 ? start / qb + seq : start;
-}
 
 inline int tc_smem_bytes(int head_size) {
   switch (head_size) {
@@ -104,15 +99,7 @@ paged_attention_tc_kernel(const PagedAttentionArgs args, const PagedAttentionPla
 
   // --- which request and which of its query tiles (block-uniform) ---
   const int tile = blockIdx.x;
-  int seq = 0;
-  {
-    int hi = args.num_seqs - 1;
-    while (seq < hi) {
-      const int mid = (seq + hi + 1) / 2;
-      if (first_tile_of(args.query_start_loc, mid, qb) <= tile) seq = mid;
-      else hi = mid - 1;
-    }
-  }
+  const int seq = request_of_tile(args.query_start_loc, args.num_seqs, tile, qb);
   const int q_begin = load_global(args.query_start_loc + seq);
   const int query_len = load_global(args.query_start_loc + seq + 1) - q_begin;
   if (query_len < tc::kMinQueries) return;  // the CUDA-core kernel's request
@@ -193,16 +180,7 @@ paged_attention_tc_kernel(const PagedAttentionArgs args, const PagedAttentionPla
     const int n_tile = min(N, kv_end - tile_begin);
 
     // 1. Slots of the tile, then its K and V rows (zero past the tile: 0 * NaN is NaN).
-    if (tid < N) {
-      int64_t off = -1;
-      if (tid < n_tile) {
-        const int pos = tile_begin + tid;
-        const int64_t block = load_global(block_table + pos / args.block_size);
-        off = block * args.cache_block_stride +
-              int64_t(pos % args.block_size) * args.cache_token_stride;
-      }
-      s_off[tid] = off;
-    }
+    tile_kv_offsets<N>(args, block_table, tile_begin, n_tile, tid, s_off);
     __syncthreads();
     for (int idx = tid; idx < N * (D / kVec); idx += tc::kThreads) {
       const int j = idx / (D / kVec);
