@@ -20,19 +20,25 @@ GPT2_LAYOUT = DecoderLayout(
     layer_buffers=("attn.bias", "attn.masked_bias"))  # causal masks of older checkpoints
 
 
+def gpt2_config_shape(config: Any) -> dict[str, Any]:
+    """The :class:`DecoderSpec` fields that GPT-2's config and those named after it (GPT-J)
+    spell alike: ``n_embd``, ``n_layer``, ``n_head``, ``n_inner``, ``activation_function``,
+    ``layer_norm_epsilon``."""
+    hidden, heads = config.n_embd, config.n_head
+    return dict(vocab_size=config.vocab_size, hidden_size=hidden, num_layers=config.n_layer,
+                num_heads=heads, num_kv_heads=heads,
+                intermediate_size=config.n_inner or 4 * hidden,
+                activation=config.activation_function, norm_eps=config.layer_norm_epsilon)
+
+
 class GPT2LMHeadModel(DecoderForCausalLM):
     checkpoint_prefix = "transformer"
     layout = GPT2_LAYOUT
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
-        hidden, heads = config.n_embd, config.n_head
         return DecoderSpec(
-            vocab_size=config.vocab_size, hidden_size=hidden, num_layers=config.n_layer,
-            num_heads=heads, num_kv_heads=heads,
-            intermediate_size=config.n_inner or 4 * hidden,
-            activation=config.activation_function, norm_eps=config.layer_norm_epsilon,
-            max_positions=config.n_positions,
+            **gpt2_config_shape(config), max_positions=config.n_positions,
             attn_scale=None if config.scale_attn_weights else 1.0,
             scale_by_inverse_layer=bool(config.scale_attn_by_inverse_layer_idx),
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)))

@@ -8,6 +8,7 @@ from typing import Any
 
 from octavo.layers import RopeConfig
 from octavo_models.decoder import DecoderForCausalLM, DecoderLayout, DecoderSpec
+from octavo_models.gpt2 import gpt2_config_shape
 
 GPTJ_LAYOUT = DecoderLayout(
     embed="transformer.wte.weight", layer="transformer.h.{i}", attn_norm="ln_1",
@@ -23,14 +24,11 @@ class GPTJForCausalLM(DecoderForCausalLM):
 
     @classmethod
     def decoder_spec(cls, config: Any) -> DecoderSpec:
-        hidden, heads = config.n_embd, config.n_head
-        head_size = hidden // heads
+        head_size = config.n_embd // config.n_head
         rope = RopeConfig(theta=10000.0, rotary_dim=config.rotary_dim or head_size,
                           max_position_embeddings=config.n_positions, is_neox_style=False)
         return DecoderSpec(
-            vocab_size=config.vocab_size, hidden_size=hidden, num_layers=config.n_layer,
-            num_heads=heads, num_kv_heads=heads, intermediate_size=config.n_inner or 4 * hidden,
-            activation=config.activation_function, norm_eps=config.layer_norm_epsilon,
-            qkv_bias=False, o_bias=False, parallel_residual=True, shared_norm=True, rope=rope,
+            **gpt2_config_shape(config), qkv_bias=False, o_bias=False, parallel_residual=True,
+            shared_norm=True, rope=rope,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             lm_head_bias=True)
