@@ -1,4 +1,5 @@
-"""The ``octavo bench`` command group: ``throughput``, ``latency``, ``serve`` and ``plot``."""
+"""The ``octavo bench`` command group: ``throughput``, ``latency``, ``interference``,
+``serve`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -220,6 +221,50 @@ def latency(model, batch_size, workload, input_len, output_len, workload_seed, n
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     emit(report, format_latency(report), as_json=as_json, output=output)
+
+
+@bench.command()
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@click.option("--long-len", type=int, default=8000, show_default=True,
+              help="Prompt tokens of the long request.")
+@click.option("--short-len", type=int, default=32, show_default=True,
+              help="Prompt tokens of each short request.")
+@click.option("--num-short", type=int, default=4, show_default=True)
+@click.option("--thresholds", default="none,2048,1024,512,256", show_default=True,
+              help="long_prefill_token_threshold values to compare (none: the whole budget).")
+@click.option("--threads", type=int, default=None, help="Torch threads.")
+@output_options
+@engine_options
+def interference(model, long_len, short_len, num_short, thresholds, threads, as_json, output,
+                 progress, **options):
+    """Head-of-line blocking: short requests' time to first token while a long prompt is
+    prefilled, for several long_prefill_token_threshold values (one engine each)."""
+    from octavo.commands import build_llm
+    from octavo_bench.interference import run_interference
+    from octavo_bench.machine import load_average, machine_info
+    from octavo_bench.report import emit, format_machine, format_table
+
+    values = [None if v.strip().lower() == "none" else int(v) for v in thresholds.split(",")]
+    threads = set_threads(threads)
+    machine = {**machine_info(), "load_before": load_average()}
+    rows = []
+    for value in values:
+        llm = build_llm(model, {**options, "long_prefill_token_threshold": value})
+        run_interference(llm.engine, long_len=64, short_len=8, num_short=1,  # warm-up
+                         vocab_size=llm.engine.info.vocab_size)
+        result = run_interference(llm.engine, long_len=long_len, short_len=short_len,
+                                  num_short=num_short, vocab_size=llm.engine.info.vocab_size)
+        rows.append({"long_prefill_token_threshold": value, **result.as_dict()})
+        del llm
+    machine["load_after"] = load_average()
+    report = {"benchmark": "interference", "long_len": long_len, "short_len": short_len,
+              "num_short": num_short, "threads": threads, "machine": machine, "results": rows}
+    headers = ["threshold", "short TTFT p50 s", "short TTFT max s", "short wait steps",
+               "long TTFT s", "total s"]
+    table = format_table(headers, [[r["long_prefill_token_threshold"], r["short_ttft_p50_s"],
+                                    r["short_ttft_max_s"], r["short_wait_steps"],
+                                    r["long_ttft_s"], r["total_s"]] for r in rows])
+    emit(report, f"{table}\n{format_machine(machine)}", as_json=as_json, output=output)
 
 
 @bench.command()

@@ -22,11 +22,43 @@ def load_average() -> float:
         return 0.0
 
 
+# The instruction-set extensions that decide which kernels and dtypes are fast.
+NOTABLE_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                     "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` where /proc/cpuinfo is missing)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`NOTABLE_CPU_FLAGS` this CPU has."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in NOTABLE_CPU_FLAGS if flag in present]
+    return []
+
+
 def machine_info() -> dict[str, object]:
-    """CPU count, torch threads, OpenMP wait policy and library versions."""
+    """CPU model, notable instruction sets, CPU count, torch threads, OpenMP wait policy and
+    library versions."""
     import torch
 
     info: dict[str, object] = {
+        "cpu": cpu_model(), "cpu_flags": " ".join(cpu_flags()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "python": platform.python_version(), "torch": torch.__version__,

@@ -30,9 +30,10 @@ def _cell(value: Any) -> str:
 
 
 def format_machine(machine: dict[str, Any]) -> str:
-    keys = ("cpu_count", "torch_threads", "omp_wait_policy", "torch", "transformers", "cuda",
+    keys = ("cpu", "cpu_flags", "cpu_capability", "cpu_count", "torch_threads", "omp_wait_policy", "torch", "transformers", "cuda",
             "load_before", "load_after")
-    return " ".join(f"{k}={_cell(machine[k])}" for k in keys if k in machine)
+    return " ".join(f"{k}={_cell(machine[k])!r}" if k in ("cpu", "cpu_flags")
+                    else f"{k}={_cell(machine[k])}" for k in keys if k in machine)
 
 
 def emit(report: dict[str, Any], text: str, *, as_json: bool, output: str | None) -> None:
