@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -78,3 +80,27 @@ def assert_all_blocks_free(base_url: str, model: str = MODEL) -> None:
     assert values["octavo_num_requests_waiting"] == 0
     assert values["octavo_kv_cache_free_blocks"] == values["octavo_kv_cache_blocks"] > 0
     assert values["octavo_kv_cache_usage_perc"] == 0
+
+
+def post(base_url: str, path: str, body, headers=None) -> httpx.Response:
+    """POST ``body`` (a dict as JSON, or raw text or bytes as given)."""
+    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return httpx.post(base_url + path, content=content, timeout=30,
+                      headers={"content-type": "application/json", **(headers or {})})
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None, words: str) -> dict:
+    """The response is ``status`` in OpenAI's error schema, names ``param``, says ``words``."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param, error
+    assert words in error["message"], error
+    return error
+
+
+def assert_still_serving(base_url: str, headers=None, model: str = MODEL) -> None:
+    """A small request is answered, and then nothing runs or waits and every block is free."""
+    ok = post(base_url, "/v1/completions", {"prompt": "w1", "max_tokens": 2}, headers)
+    assert ok.status_code == 200, ok.text
+    assert_all_blocks_free(base_url, model)

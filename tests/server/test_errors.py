@@ -9,7 +9,16 @@ import httpx
 import openai
 import pytest
 
-from .conftest import CONTEXT, MODEL, assert_all_blocks_free, scrape, start_server, tiny_model
+from .conftest import (
+    CONTEXT,
+    MODEL,
+    assert_all_blocks_free,
+    assert_error,
+    post,
+    scrape,
+    start_server,
+    tiny_model,
+)
 
 CHAT = [{"role": "user", "content": "w1 w2"}]
 LONG_PROMPT = " ".join(["w5"] * (CONTEXT + 20))
@@ -18,24 +27,35 @@ NEAR_FULL_PROMPT = " ".join(["w6"] * (CONTEXT - 30))
 # (path, body: dict or raw text, status, param, words in the message)
 CASES = [
     ("/v1/completions", {"prompt": "w1", "max_tokens": "ten"}, 400, "max_tokens", "integer"),
-    ("/v1/completions", {"prompt": "w1", "temperature": -1}, 400, "temperature", ">= 0"),
+    ("/v1/completions", {"prompt": "w1", "temperature": -1}, 400, "temperature",
+     "greater than or equal to 0"),
     ("/v1/completions", {"prompt": "w1", "top_p": 1.5}, 400, "top_p", "top_p"),
-    ("/v1/completions", {"prompt": "w1", "n": 0}, 400, "n", "n must be"),
+    ("/v1/completions", {"prompt": "w1", "n": 0}, 400, "n", "greater than or equal to 1"),
+    ("/v1/completions", {"prompt": "w1", "n": 129}, 400, "n", "n must be <= 128"),
+    ("/v1/completions", {"prompt": "w1", "n": 2, "best_of": 3}, 400, "best_of", "equal n"),
+    ("/v1/completions", {"prompt": "w1", "n": True}, 400, "n", "integer"),
     ("/v1/completions", {"prompt": "w1", "logprobs": 50}, 400, "logprobs", "20"),
     ("/v1/completions", {"prompt": "w1", "presence_penalty": 3}, 400, "presence_penalty", "2"),
     ("/v1/completions", {"prompt": "w1", "logit_bias": {"99999": 1}}, 400, "logit_bias",
      "vocabulary"),
-    ("/v1/completions", {"prompt": "w1", "stop_token_ids": [-1]}, 400, "stop_token_ids", ">= 0"),
+    ("/v1/completions", {"prompt": "w1", "logit_bias": {"5": 300}}, 400, "logit_bias", "100"),
+    ("/v1/completions", {"prompt": "w1", "logit_bias": {"five": 3}}, 400, "logit_bias",
+     "pattern"),
+    ("/v1/completions", {"prompt": "w1", "stop_token_ids": [-1]}, 400, "stop_token_ids[0]",
+     "greater than or equal to 0"),
     ("/v1/completions", {"prompt": "w1", "min_tokens": 5, "max_tokens": 2}, 400, "min_tokens",
      "max_tokens"),
-    ("/v1/completions", {"prompt": "w1", "stop": [""]}, 400, "stop", "non-empty"),
+    ("/v1/completions", {"prompt": "w1", "stop": [""]}, 400, "stop", "at least 1 character"),
+    ("/v1/completions", {"prompt": "w1", "max_tokens": "3"}, 400, "max_tokens", "integer"),
     ("/v1/completions", {"prompt": "w1", "seed": "abc"}, 400, "seed", "integer"),
     ("/v1/completions", {"prompt": "w1", "suffix": "w2"}, 400, "suffix", "suffix"),
-    ("/v1/completions", {"prompt": "w1", "stream_options": {"include_usage": True}}, 400, None,
-     "stream"),
+    ("/v1/completions", {"prompt": "w1", "stream_options": {"include_usage": True}}, 400,
+     "stream_options", "only allowed when stream is true"),
     ("/v1/completions", {"max_tokens": 3}, 400, "prompt", "required"),
     ("/v1/completions", {"prompt": 5}, 400, "prompt", "prompt"),
-    ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),
+    ("/v1/completions", {"prompt": ""}, 400, "prompt", "at least 1 character"),
+    ("/v1/completions", {"prompt": []}, 400, "prompt", "at least 1 item"),
+    ("/v1/completions", {"prompt": [True]}, 400, "prompt", "valid"),
     ("/v1/completions", {"prompt": [1, 10**6]}, 400, "prompt", "token ids"),
     ("/v1/completions", {"prompt": "w1", "model": "gpt-17"}, 404, "model", "gpt-17"),
     ("/v1/completions", {"prompt": LONG_PROMPT}, 400, "prompt", "context"),
@@ -46,11 +66,21 @@ CASES = [
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "at least 1"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "w1"}]}, 400,
      "messages[0].role", "system"),
-    ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, None, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages[0].content",
+     "required"),
+    ("/v1/chat/completions", {"messages": [CHAT[0], {"role": "assistant", "content": None}]},
+     400, "messages[1].content", "valid"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs",
+     "needs logprobs"),
     ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 21}, 400,
      "top_logprobs", "20"),
+    ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 30}, 400,
+     "top_logprobs", "less than or equal to 20"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 1000}, 400, "n", "128"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_object"}},
+     400, "response_format.type", "'text'"),
     ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 0}, 400,
-     "max_completion_tokens", ">= 1"),
+     "max_completion_tokens", "greater than or equal to 1"),
     ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": CONTEXT}, 400,
      "max_completion_tokens", "context length"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
@@ -59,24 +89,12 @@ CASES = [
     ("/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools",
      "tools"),
     ("/v1/chat/completions", {"messages": CHAT, "model": "nope"}, 404, "model", "nope"),
-    ("/tokenize", {"prompt": "w1", "messages": CHAT}, 400, None, "exactly one"),
+    ("/tokenize", {"prompt": "w1", "messages": CHAT}, 400, "messages", "exactly one"),
+    ("/tokenize", {}, 400, "messages", "exactly one"),
     ("/detokenize", {"tokens": [99999]}, 400, "tokens", "[0, "),
+    ("/detokenize", {"tokens": [False]}, 400, "tokens[0]", "integer"),
     ("/v1/nothing", {}, 404, None, "Not Found"),
 ]
-
-
-def post(base_url: str, path: str, body, headers=None) -> httpx.Response:
-    content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(base_url + path, content=content, timeout=30,
-                      headers={"content-type": "application/json", **(headers or {})})
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None, words: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["param"] == param, error
-    assert words in error["message"], error
 
 
 def test_bad_requests_get_clear_errors_while_a_stream_keeps_going(server):

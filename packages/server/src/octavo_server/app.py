@@ -1,25 +1,28 @@
-"""The FastAPI app: routes, OpenAI-style errors, API-key check, engine shutdown."""
+"""The FastAPI app: routes, OpenAI-style errors, the API key and body limits, engine shutdown."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 from importlib.metadata import version
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from octavo_server import chat, completions, info
-from octavo_server.errors import error_response, install_error_handlers
+from octavo_server.errors import install_error_handlers
 from octavo_server.metrics import ServerMetrics
+from octavo_server.middleware import ApiKeyAuth, BodyLimit
 from octavo_server.models import ModelManager
+from octavo_server.openapi import OPEN_PATHS, install_openapi
 from octavo_server.settings import ServerSettings
 from octavo_server.state import AppState
 
-OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})
-
 
 def create_app(manager: ModelManager, settings: ServerSettings | None = None) -> FastAPI:
-    """An app serving ``manager``'s models; it stops their engine loops when it shuts down."""
+    """An app serving ``manager``'s models; it stops their engine loops when it shuts down.
+
+    The header deadline and the connection cap belong to the HTTP server, not the app: run
+    it with ``DrainingServer`` (or ``octavo serve``) to have them.
+    """
     settings = settings or ServerSettings()
 
     @contextlib.asynccontextmanager
@@ -30,22 +33,11 @@ def create_app(manager: ModelManager, settings: ServerSettings | None = None) ->
     app = FastAPI(title="Octavo", version=version("octavo-server"), lifespan=lifespan)
     app.state.octavo = AppState(manager, ServerMetrics(manager), settings)
     install_error_handlers(app)
-    if settings.api_key:
-        _require_api_key(app, settings.api_key)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes,
+                       timeout=settings.body_timeout)
+    if settings.api_key is not None:  # outermost: no body is read for a client without a key
+        app.add_middleware(ApiKeyAuth, api_key=settings.api_key, open_paths=OPEN_PATHS)
     for module in (completions, chat, info):
         app.include_router(module.router)
+    install_openapi(app, settings)
     return app
-
-
-def _require_api_key(app: FastAPI, api_key: str) -> None:
-    expected = f"Bearer {api_key}".encode()
-
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if request.method == "OPTIONS" or request.url.path in OPEN_PATHS:
-            return await call_next(request)
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return error_response(401, "a valid API key is required: send "
-                                  "'Authorization: Bearer <key>'", code="invalid_api_key")
-        return await call_next(request)

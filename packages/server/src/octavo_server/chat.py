@@ -7,22 +7,16 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 
 from octavo.outputs import TokenLogprobDict
-from octavo_server.errors import APIError
-from octavo_server.generation import (
-    Generation,
-    check_context,
-    final_usage,
-    process_prompt,
-    sampling_params,
-)
+from octavo_server.generation import Generation, check_n, final_usage, sampling_params
 from octavo_server.models import ServedModel
+from octavo_server.openapi import generation_responses
+from octavo_server.prompts import chat_prompt, check_context
 from octavo_server.protocol import (
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
-    ChatMessage,
     ChatResponseMessage,
     ChatStreamChoice,
     DeltaMessage,
@@ -36,48 +30,23 @@ from octavo_server.streaming import ChoiceDelta, StreamProgress, event_stream, s
 router = APIRouter()
 
 
-def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template expects them: text content, ``developer`` as ``system``."""
-    result = []
-    for i, message in enumerate(messages):
-        content = message.content
-        if isinstance(content, list):
-            if any(part.type != "text" or part.text is None for part in content):
-                raise APIError(400, "only text content parts are supported",
-                               param=f"messages[{i}].content")
-            content = "".join(part.text for part in content)
-        role = "system" if message.role == "developer" else message.role
-        result.append({"role": role, "content": content or ""})
-    return result
-
-
-def chat_token_ids(model: ServedModel, messages: list[ChatMessage],
-                   add_generation_prompt: bool = True) -> list[int]:
-    """The conversation's tokens through the model's chat template (400 if it has none)."""
-    try:
-        return model.llm.apply_chat_template(message_dicts(messages), add_generation_prompt)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="messages") from exc
-
-
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=generation_responses(ChatCompletionResponse))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state = app_state(request)
     model = state.manager.get(body.model)
-    if body.tools:
-        raise APIError(400, "tools are not supported", param="tools")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise APIError(400, "only the text response_format is supported",
-                       param="response_format")
-    prompt = process_prompt(model, chat_token_ids(model, body.messages, body.add_generation_prompt),
-                            param="messages")
+    check_n(body.n, state.settings)
+    model.admit(body.n, "n" if body.n > 1 else "messages")  # before templating
+    prompt = await chat_prompt(model, state.settings, body.messages, body.add_generation_prompt)
+    # Without max_completion_tokens (or max_tokens), generate to the end of the context, as
+    # vLLM does: the model's EOS, a stop condition or the client ends it sooner.
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, field)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs),
                              {"max_tokens": field, "logprobs": "top_logprobs"})
     check_context(model, prompt, max_tokens, field, "messages")
-    generation = await Generation.start(model, state.metrics, [prompt], params, body.priority)
+    generation = await Generation.start(model, state.metrics, [prompt], params, body.priority,
+                                        prompt_field="messages")
     response_id = random_id("chatcmpl")
     if body.stream:
         return event_stream(_chunks(body, generation, response_id, model), generation)

@@ -20,33 +20,45 @@ def _settings(**given: Any) -> ServerSettings:
     try:
         return ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(_one_line(exc)) from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    """``--api-key (OCTAVO_API_KEY): must not be empty: ...``, one clause per bad setting."""
+    clauses = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        option = f"--{name.replace('_', '-')} (OCTAVO_{name.upper()})" if name else "settings"
+        clauses.append(f"{option}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(clauses)
+
+
+def server_options(func):
+    """One ``--option`` per ``ServerSettings`` field, its help and default from the field."""
+    for name in reversed(list(ServerSettings.model_fields)):
+        field = ServerSettings.model_fields[name]
+        kind = next((t for t in (int, float) if t in _members(field.annotation)), str)
+        default = "" if field.default is None else f" [default: {field.default}]"
+        func = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                            help=f"{field.description}{default}")(func)
+    return func
+
+
+def _members(annotation) -> tuple:
+    return getattr(annotation, "__args__", (annotation,))
 
 
 @click.command()
 @click.option("-m", "--model", default=None,
               help="Model path or hub id (default: the demo SmolLM2-135M-Instruct).")
-@click.option("--served-model-name", default=None,
-              help="The name clients send as `model` (default: the --model value).")
-@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Port [default: 8000; 0 picks a free one].")
-@click.option("--api-key", default=None, help="Require this key (Authorization: Bearer KEY).")
-@click.option("--max-waiting-requests", type=int, default=None,
-              help="Answer 503 while this many requests wait [default: no limit].")
-@click.option("--shutdown-timeout", type=float, default=None,
-              help="On SIGTERM, seconds in-flight requests get before they are aborted "
-                   "[default: 30].")
-@click.option("--log-level", default=None, help="uvicorn's log level [default: info].")
+@server_options
 @engine_options
-def serve(model, served_model_name, host, port, api_key, max_waiting_requests, shutdown_timeout,
-          log_level, **options):
+def serve(model, **options):
     """Serve a model over an OpenAI-compatible HTTP API.
 
     Every option is also an environment variable: OCTAVO_PORT=9000, OCTAVO_BLOCK_SIZE=32.
     """
-    settings = _settings(host=host, port=port, served_model_name=served_model_name,
-                         api_key=api_key, max_waiting_requests=max_waiting_requests,
-                         shutdown_timeout=shutdown_timeout, log_level=log_level)
+    settings = _settings(**{name: options.pop(name) for name in ServerSettings.model_fields})
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     served = load_served_model(model, settings, options)
     run_server(served, settings)

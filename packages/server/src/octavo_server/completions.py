@@ -7,15 +7,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 
 from octavo.outputs import CompletionOutput, RequestOutput, TokenLogprobDict
-from octavo_server.errors import APIError
-from octavo_server.generation import (
-    Generation,
-    Prompt,
-    check_context,
-    final_usage,
-    process_prompt,
-    sampling_params,
-)
+from octavo_server.generation import Generation, check_n, final_usage, sampling_params
+from octavo_server.openapi import generation_responses
+from octavo_server.prompts import Prompt, check_context, tokenize
 from octavo_server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -30,25 +24,19 @@ router = APIRouter()
 
 
 def _prompt_list(prompt) -> list[str | list[int]]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise APIError(400, "prompt is empty", param="prompt")
-    if isinstance(prompt[0], int):
+    if isinstance(prompt, str) or isinstance(prompt[0], int):
         return [prompt]
     return list(prompt)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=generation_responses(CompletionResponse))
 async def create_completion(body: CompletionRequest, request: Request):
     state = app_state(request)
     model = state.manager.get(body.model)
-    if body.suffix:
-        raise APIError(400, "suffix is not supported", param="suffix")
-    if body.best_of is not None and body.best_of != body.n:
-        raise APIError(400, "best_of must equal n: ranking extra samples is not supported",
-                       param="best_of")
-    prompts = [process_prompt(model, p) for p in _prompt_list(body.prompt)]
+    texts = _prompt_list(body.prompt)
+    check_n(body.n, state.settings)
+    model.admit(len(texts) * body.n, "n" if body.n > 1 else "prompt")  # before tokenizing
+    prompts = [await tokenize(model, state.settings, text) for text in texts]
     echo_logprobs = body.logprobs if body.echo else None
     params = sampling_params(lambda: body.sampling_params(body.max_tokens, body.logprobs,
                                                           echo_logprobs))

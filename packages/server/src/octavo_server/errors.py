@@ -1,4 +1,8 @@
-"""Errors in OpenAI's schema: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Errors in OpenAI's schema: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every error response carries the headers its status calls for: ``WWW-Authenticate: Bearer``
+on a 401, ``Retry-After`` on a 503, ``Allow`` on a 405.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from octavo_server.protocol import ErrorInfo, ErrorResponse
+from octavo_server.protocol import INVALID_UNICODE, ErrorInfo, ErrorResponse
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_TYPES = {401: "authentication_error", 404: "not_found_error",
           503: "service_unavailable_error"}
+_NOT_UNICODE = frozenset({INVALID_UNICODE, "string_unicode"})  # ours, and pydantic's own
+RETRY_AFTER_SECONDS = 1  # a hint: the queue or the connections are full now, not for long
+_STATUS_HEADERS = {401: {"WWW-Authenticate": "Bearer"},
+                   503: {"Retry-After": str(RETRY_AFTER_SECONDS)}}
 
 
 class APIError(Exception):
@@ -31,22 +39,31 @@ class ClientDisconnected(Exception):
     """The client closed the connection before its (non-streamed) answer was ready."""
 
 
+def _sendable(text: str | None) -> str | None:
+    """``text`` with lone surrogates written as ``\\ud800`` (a response must be UTF-8)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, message: str, param: str | None = None,
                code: str | None = None) -> dict:
     error_type = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    info = ErrorInfo(message=message, type=error_type, param=param, code=code)
+    info = ErrorInfo(message=_sendable(message), type=error_type, param=_sendable(param),
+                     code=code)
     return ErrorResponse(error=info).model_dump()
 
 
 def error_response(status: int, message: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status)
+                   code: str | None = None, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status,
+                        headers={**_STATUS_HEADERS.get(status, {}), **(headers or {})})
 
 
 def bad_request(exc: ValueError, fields: set[str] | frozenset[str] = frozenset()) -> APIError:
-    """A 400 for an engine ``ValueError``; its message starts with the field it names."""
+    """A 400 for an engine ``ValueError``; its message starts with the field it names
+    (``logit_bias[7] must be ...`` names ``logit_bias``)."""
     message = str(exc)
-    first_word = message.split(" ", 1)[0]
+    first_word = message.split(" ", 1)[0].split("[", 1)[0]
     return APIError(400, message, param=first_word if first_word in fields else None)
 
 
@@ -56,29 +73,48 @@ def _is_type_tag(part: str) -> bool:
 
 
 def _location(loc: tuple) -> str:
-    """``("body", "messages", 0, "role")`` -> ``messages[0].role``, without union tags."""
+    """``("body", "messages", 0, "role")`` -> ``messages[0].role``; it stops at a union tag or
+    a dict key (``logit_bias``'s keys are the client's, not field names)."""
+    if "[key]" in loc:  # pydantic's tag for an error in a dict key, after the key
+        loc = loc[:loc.index("[key]") - 1]
     dotted = ""
     for part in loc[1:] if loc[:1] == ("body",) else loc:
-        part = str(part)
-        if _is_type_tag(part):
+        if isinstance(part, int):
+            dotted += f"[{part}]"
+            continue
+        if _is_type_tag(part) or not (part.isascii() and part.isidentifier()):
             break
-        dotted += f"[{part}]" if part.isdigit() else (f".{part}" if dotted else part)
+        dotted += f".{part}" if dotted else part
     return dotted
+
+
+def _message(error: dict) -> str:
+    if error.get("type") == "string_unicode":
+        return "holds a lone UTF-16 surrogate; strings must be valid Unicode"
+    message = str(error.get("msg", ""))
+    return message.removeprefix("Value error, ")
 
 
 def _validation_response(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if errors and errors[0].get("type") == "json_invalid":
         return error_response(400, f"the request body is not valid JSON: {errors[0].get('msg')}")
-    by_field: dict[str, list[str]] = {}
+    # A string that is not Unicode fails every member of a union: report only that.
+    errors = [e for e in errors if e.get("type") in _NOT_UNICODE] or errors
+    by_field: dict[str, list[dict]] = {}
     for error in errors:
-        messages = by_field.setdefault(_location(tuple(error.get("loc", ()))), [])
-        if error.get("msg") not in messages:
-            messages.append(error.get("msg"))
+        by_field.setdefault(_location(tuple(error.get("loc", ()))), []).append(error)
     param = next(iter(by_field), "")
-    message = "; ".join(f"{field or 'body'}: {' or '.join(messages)}"
-                        for field, messages in list(by_field.items())[:3])
+    message = "; ".join(f"{field or 'body'}: {_field_message(field_errors)}"
+                        for field, field_errors in list(by_field.items())[:3])
     return error_response(400, message or "invalid request", param=param or None)
+
+
+def _field_message(errors: list[dict]) -> str:
+    """One field's errors; from a union, the members whose type matched say more than the
+    ``Input should be a valid list`` of the others."""
+    matched = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    return " or ".join(dict.fromkeys(_message(e) for e in matched or errors))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -91,7 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return error_response(exc.status_code, message)
+        return error_response(exc.status_code, message, headers=exc.headers)  # 405: Allow
 
     app.add_exception_handler(RequestValidationError, _validation_response)
 

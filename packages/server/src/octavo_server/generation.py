@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -20,43 +19,15 @@ from octavo.sampling_params import SamplingParams
 from octavo_server.errors import APIError, ClientDisconnected, bad_request
 from octavo_server.metrics import RequestTracker, ServerMetrics
 from octavo_server.models import ServedModel
+from octavo_server.prompts import Prompt
 from octavo_server.protocol import UsageInfo
+from octavo_server.settings import ServerSettings
 
 SAMPLING_FIELDS = frozenset({
     "n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
     "frequency_penalty", "logit_bias", "seed", "max_tokens", "min_tokens", "stop",
     "stop_token_ids", "ignore_eos", "logprobs", "skip_special_tokens",
     "include_stop_str_in_output"})
-
-
-@dataclass
-class Prompt:
-    text: str | None  # None when the client sent token ids
-    token_ids: list[int]
-
-
-def process_prompt(model: ServedModel, prompt: str | list[int], param: str = "prompt") -> Prompt:
-    """Tokenize and validate one prompt (the engine's own input rules); 400 on bad input."""
-    try:
-        text, token_ids = model.llm.process_prompt(prompt)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param=param,
-                       code="context_length_exceeded" if "context" in str(exc) else None
-                       ) from exc
-    return Prompt(text, token_ids)
-
-
-def check_context(model: ServedModel, prompt: Prompt, max_tokens: int | None,
-                  max_tokens_field: str, prompt_field: str) -> None:
-    """A prompt plus the tokens asked for must fit the model's context (400 as vLLM)."""
-    limit = model.max_model_len
-    if max_tokens is None or len(prompt.token_ids) + max_tokens <= limit:
-        return
-    raise APIError(
-        400, f"this model's maximum context length is {limit} tokens; the request asks for "
-        f"{len(prompt.token_ids) + max_tokens} ({len(prompt.token_ids)} in the {prompt_field}, "
-        f"{max_tokens} in the completion): shorten the {prompt_field} or lower "
-        f"{max_tokens_field}", param=max_tokens_field, code="context_length_exceeded")
 
 
 def sampling_params(build, api_names: dict[str, str] | None = None) -> SamplingParams:
@@ -68,6 +39,12 @@ def sampling_params(build, api_names: dict[str, str] | None = None) -> SamplingP
         error = bad_request(exc, SAMPLING_FIELDS)
         error.param = (api_names or {}).get(error.param, error.param)
         raise error from exc
+
+
+def check_n(n: int, settings: ServerSettings) -> None:
+    """400 naming ``n`` above ``--max-n`` (``best_of``, which must equal n, follows)."""
+    if n > settings.max_n:
+        raise APIError(400, f"n must be <= {settings.max_n}, got {n}", param="n")
 
 
 class Generation:
@@ -82,9 +59,12 @@ class Generation:
 
     @classmethod
     async def start(cls, model: ServedModel, metrics: ServerMetrics, prompts: Sequence[Prompt],
-                    params: SamplingParams, priority: int = 0) -> Generation:
-        """Queue every prompt, or none of them (400 on bad input, 503 on a full queue)."""
+                    params: SamplingParams, priority: int = 0, prompt_field: str = "prompt"
+                    ) -> Generation:
+        """Queue every prompt, or none of them (400 on bad input, 503 when the waiting queue
+        has no room for all their sequences)."""
         generation = cls(model, prompts, params.n)
+        model.admit(len(generation.prompts) * params.n, "n" if params.n > 1 else prompt_field)
         try:
             for prompt in generation.prompts:
                 generation.streams.append(model.submit(prompt.token_ids, params, priority))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from octavo.engine.stats import EngineStats
 from octavo.entrypoints.async_llm import AsyncLLM, RequestStream
@@ -38,13 +39,34 @@ class ServedModel:
     def stats(self) -> EngineStats:
         return self.llm.stats()
 
+    @cached_property
+    def max_token_bytes(self) -> int:
+        """The most UTF-8 bytes of text one token can stand for: its longest vocabulary entry,
+        special tokens included (an entry's spelling is never shorter than the text it
+        covers: byte-level BPE writes each byte as one character, SentencePiece a space as
+        three bytes). A tokenizer that maps unknown text of any length to one unknown token
+        is the exception; ``--max-prompt-bytes`` overrides the bound for it."""
+        vocab = self.tokenizer.get_vocab()
+        return max((len(token.encode("utf-8", "surrogatepass")) for token in vocab), default=1)
+
+    def admit(self, num_sequences: int, param: str) -> None:
+        """Check that ``num_sequences`` more sequences fit the waiting queue: 503 while they
+        do not, 400 (naming ``param``) if they never can."""
+        limit = self.max_waiting_requests
+        if limit is None:
+            return
+        if num_sequences > limit:
+            raise APIError(400, f"this request asks for {num_sequences} sequences (prompts "
+                           f"times n); the server queues at most {limit}", param=param)
+        waiting = self.stats().num_waiting
+        if waiting + num_sequences > limit:
+            raise APIError(503, f"the server is busy: {waiting} sequences wait and this request "
+                           f"adds {num_sequences}, over the limit of {limit}; retry later",
+                           code="queue_full")
+
     def submit(self, prompt_token_ids: list[int], params: SamplingParams,
                priority: int = 0) -> RequestStream:
-        """Queue a request; 503 while the waiting queue is at its limit, 400 on bad input."""
-        limit = self.max_waiting_requests
-        if limit is not None and self.stats().num_waiting >= limit:
-            raise APIError(503, f"the server is busy: {limit} requests are already waiting; "
-                           "retry later", code="queue_full")
+        """Queue a request (``admit`` it first); ValueError on input the engine refuses."""
         return self.llm.add_request({"prompt_token_ids": prompt_token_ids}, params,
                                     priority=priority)
 

@@ -1,14 +1,29 @@
-"""Request and response bodies in the shape of OpenAI's API (and vLLM's extra fields)."""
+"""Request and response bodies in the shape of OpenAI's API (and vLLM's extra fields).
+
+Request models are strict (``"3"`` is not an int, ``false`` is not token 0) and carry their
+ranges, so the OpenAPI schema FastAPI derives from them is what the server accepts. Every
+string must be valid Unicode (no lone UTF-16 surrogate, which JSON can spell as ``\ud800``).
+"""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
+from pydantic_core import PydanticCustomError
 
-from octavo.sampling_params import SamplingParams
+from octavo.sampling_params import MAX_LOGPROBS, SamplingParams
 
 
 def random_id(prefix: str) -> str:
@@ -31,45 +46,74 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+# -- field types -----------------------------------------------------------------------------
+INVALID_UNICODE = "invalid_unicode"  # the pydantic error type of a string with a surrogate
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_unicode(text: str) -> str:
+    found = _SURROGATE.search(text)
+    if found:
+        raise PydanticCustomError(
+            INVALID_UNICODE, "holds a lone UTF-16 surrogate (U+{code}) at character {at}; "
+            "strings must be valid Unicode", {"code": f"{ord(found.group()):04X}",
+                                              "at": found.start()})
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Logprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
+
+
+class RequestModel(BaseModel):
+    """Strict, finite numbers; unknown fields are ignored, as OpenAI's server does."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
 # -- shared request fields -------------------------------------------------------------------
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False  # vLLM: usage on every chunk
 
 
-class SamplingRequest(BaseModel):
-    """Fields completions and chat share. Unknown fields are ignored, as OpenAI's server does."""
+class SamplingRequest(RequestModel):
+    """Fields completions and chat share."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    model: Text | None = None
+    n: int = Field(1, ge=1, description="Completions per prompt (at most the server's --max-n).")
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: NonEmptyText | list[NonEmptyText] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[Annotated[str, Field(pattern="^[0-9]+$")],
+                     Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="Token id (as a string of digits) -> bias added to its logit.")
     stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
+    stream_options: StreamOptions | None = Field(None, description="Only with stream: true.")
+    user: Text | None = None
     # vLLM's extra sampling fields
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int = 0
+    top_k: int | None = Field(None, ge=-1, description="0 or -1: off.")
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = 0
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self):
-        if self.stream_options is not None and not self.stream:
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, options, info: ValidationInfo):
+        if options is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed when stream is true")
-        return self
+        return options
 
     @property
     def include_usage(self) -> bool:
@@ -100,12 +144,28 @@ class UsageInfo(BaseModel):
 
 # -- completions -----------------------------------------------------------------------------
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
+    prompt: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: Logprobs | None = None
     echo: bool = False
-    best_of: int | None = None
-    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, description="Must equal n when given.")
+    suffix: Text | None = Field(None, json_schema_extra={"maxLength": 0},
+                                description="Not supported: leave it out or empty.")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, suffix):
+        if suffix:
+            raise ValueError("suffix is not supported")
+        return suffix
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, best_of, info: ValidationInfo):
+        if best_of is not None and "n" in info.data and best_of != info.data["n"]:
+            raise ValueError("best_of must equal n: ranking extra samples is not supported")
+        return best_of
 
 
 class CompletionLogprobs(BaseModel):
@@ -133,36 +193,42 @@ class CompletionResponse(BaseModel):
 
 
 # -- chat ------------------------------------------------------------------------------------
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-    text: str | None = None
+class TextPart(RequestModel):
+    type: Literal["text"]
+    text: Text
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatMessage(RequestModel):
+    """One turn; every role needs its content (tool calls are not supported)."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart]
+    name: Text | None = None
+
+
+class ResponseFormat(RequestModel):
+    type: Literal["text"] = "text"
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    max_tokens: int | None = None  # deprecated by OpenAI, still sent by many tools
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="Default: the rest of the context after the prompt.")
+    max_tokens: int | None = Field(None, ge=1, description="Older name of "
+                                   "max_completion_tokens (which wins when both are given).")
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Logprobs | None = Field(None, description="Only with logprobs: true.")
     add_generation_prompt: bool = True
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        None, max_length=0, description="Not supported: leave it out or empty.")
+    response_format: ResponseFormat | None = None
 
-    @model_validator(mode="after")
-    def _top_logprobs_need_logprobs(self):
-        if self.top_logprobs is not None and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, top_logprobs, info: ValidationInfo):
+        if top_logprobs is not None and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs set to true")
-        return self
+        return top_logprobs
 
 
 class TopLogprob(BaseModel):
@@ -244,18 +310,21 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(BaseModel):
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+class TokenizeRequest(RequestModel):
+    """Exactly one of ``prompt`` and ``messages``."""
+
+    model: Text | None = None
+    prompt: Text | None = None
+    messages: list[ChatMessage] | None = Field(None, validate_default=True)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
-    @model_validator(mode="after")
-    def _one_input(self):
-        if (self.prompt is None) == (self.messages is None):
+    @field_validator("messages")
+    @classmethod
+    def _one_input(cls, messages, info: ValidationInfo):
+        if (info.data.get("prompt") is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")
-        return self
+        return messages
 
 
 class TokenizeResponse(BaseModel):
@@ -264,9 +333,9 @@ class TokenizeResponse(BaseModel):
     tokens: list[int]
 
 
-class DetokenizeRequest(BaseModel):
-    model: str | None = None
-    tokens: list[int]
+class DetokenizeRequest(RequestModel):
+    model: Text | None = None
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(BaseModel):

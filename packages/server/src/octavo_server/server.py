@@ -1,4 +1,5 @@
-"""uvicorn, with a shutdown that ends overdue requests cleanly."""
+"""uvicorn, with a shutdown that ends overdue requests cleanly, a header deadline and a
+connection cap (``connections.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import uvicorn
 
 from octavo_server.app import create_app
+from octavo_server.connections import guarded_protocol
 from octavo_server.models import ModelManager
 from octavo_server.settings import ServerSettings
 
@@ -25,6 +27,8 @@ class DrainingServer(uvicorn.Server):
         self.grace = settings.shutdown_timeout
         config = uvicorn.Config(create_app(manager, settings),
                                 log_level=log_level or settings.log_level,
+                                http=guarded_protocol(settings), ws="none",
+                                timeout_keep_alive=settings.keep_alive_timeout,
                                 timeout_graceful_shutdown=self.grace + BACKSTOP_SECONDS)
         super().__init__(config)
 

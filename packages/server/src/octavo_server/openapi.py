@@ -1,0 +1,105 @@
+"""An OpenAPI schema that says what the server does, so clients generated from it work.
+
+FastAPI documents a 422 the server never sends (it answers 400) and none of the errors it
+does send; this fills in every route's errors in OpenAI's schema, with their headers, and the
+settings that bound the fields (``--max-n``) and guard the routes (``--api-key``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from octavo_server.protocol import ErrorResponse
+from octavo_server.settings import ServerSettings
+
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})  # no API key needed
+GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+_ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
+_ERRORS = {
+    "400": "A field has a bad type or value, the prompt does not fit the context, or the body "
+           "is not JSON; `param` names the field.",
+    "401": "`--api-key` is set and the request lacks `Authorization: Bearer KEY`.",
+    "404": "Unknown `model`.",
+    "408": "The body did not arrive within `--body-timeout` seconds.",
+    "413": "The body is larger than `--max-request-body-bytes`.",
+    "500": "The engine failed.",
+    "503": "The server is at `--max-connections`, or (generation) its waiting queue is full.",
+}
+_HEADERS = {
+    "401": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    "503": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                            "schema": {"type": "integer"}}},
+}
+
+
+def generation_responses(response_model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """A generation route's 200: the whole response as JSON, or server-sent events."""
+    return {200: {
+        "model": response_model,
+        "description": "The response; with `stream: true`, server-sent events instead: one "
+                       "`data: {chunk}` per engine step, then `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }}
+
+
+def _statuses(path: str, method: str, settings: ServerSettings) -> list[str]:
+    statuses = ["503"]  # the connection limit answers any route
+    if method in ("post", "put", "patch"):
+        statuses += ["400", "408", "413"]
+    if path in GENERATION_PATHS or path in ("/tokenize", "/detokenize") or "{" in path:
+        statuses.append("404")
+    if path in GENERATION_PATHS:
+        statuses.append("500")
+    if settings.api_key is not None and path not in OPEN_PATHS:
+        statuses.append("401")
+    return sorted(statuses)
+
+
+def _document_errors(schema: dict[str, Any], settings: ServerSettings) -> None:
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in _statuses(path, method, settings):
+                responses[status] = {
+                    "description": _ERRORS[status],
+                    "content": {"application/json": {"schema": _ERROR}},
+                    **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+                }
+            if settings.api_key is not None and path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}]
+
+
+def _document_components(schema: dict[str, Any], settings: ServerSettings) -> None:
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorResponse"] = error_schema
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        properties = schemas.get(name, {}).get("properties", {})
+        for field in ("n", "best_of"):
+            if field in properties:
+                properties[field]["maximum"] = settings.max_n
+    if settings.api_key is not None:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
+def install_openapi(app: FastAPI, settings: ServerSettings) -> None:
+    """Serve the corrected schema at ``/openapi.json``."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _document_errors(schema, settings)
+            _document_components(schema, settings)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
