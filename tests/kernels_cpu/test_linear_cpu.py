@@ -73,7 +73,7 @@ def test_every_row_count(m):
 
 def test_rows_split_over_threads_when_few_panels():
     """One panel (n <= NR), many rows: the rows are split among threads."""
-    x, weight, b = random_problem(257, 3, 40, True, seed=3)
+    x, weight, b = random_problem(1500, 3, 512, True, seed=3)
     assert_within_float32(dense.linear(x, dense.pack(weight), b), x, weight, b)
 
 
@@ -156,7 +156,8 @@ def test_thread_counts(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for m, n, k in [(1, 50, 33), (20, 100, 64), (70, 10, 20)]:
+        # small products run on one thread; these are large enough to split
+        for m, n, k in [(1, 50, 33), (1, 300, 256), (20, 100, 700), (1500, 10, 300)]:
             x, weight, b = random_problem(m, n, k, True, seed=threads * 100 + m)
             assert_within_float32(dense.linear(x, dense.pack(weight), b), x, weight, b)
     finally:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import torch
 
@@ -39,9 +41,14 @@ class PackedWeight:
         return self.data.numel() * self.data.element_size()
 
 
+@cache
+def _ops() -> Any:
+    return load_ops()
+
+
 def panel_width() -> int:
     """Output features per panel in this build (16 with AVX2, 32 with AVX-512)."""
-    return int(load_ops().linear_panel_width())
+    return int(_ops().linear_panel_width())
 
 
 def pack(weight: torch.Tensor) -> PackedWeight:
@@ -49,15 +56,17 @@ def pack(weight: torch.Tensor) -> PackedWeight:
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
         raise ValueError("pack needs a 2-D float32 CPU weight [out_features, in_features], "
                          f"got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
-    data = load_ops().pack_linear_weight(weight.detach())
+    data = _ops().pack_linear_weight(weight.detach())
     return PackedWeight(data, weight.shape[0], weight.shape[1])
 
 
 def linear(x: torch.Tensor, weight: PackedWeight,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` for ``x [..., in_features]`` -> ``[..., out_features]``."""
+    if x.dim() == 2:
+        return _ops().linear(x, weight.data, weight.out_features, bias)
     rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-    out = load_ops().linear(rows, weight.data, weight.out_features, bias)
+    out = _ops().linear(rows, weight.data, weight.out_features, bias)
     return out.view(*x.shape[:-1], weight.out_features)
 
 
@@ -65,5 +74,5 @@ def linear_out(out: torch.Tensor, x: torch.Tensor, weight: PackedWeight,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`linear` written into ``out [M, out_features]`` (unit stride along features;
     any row stride, so a column slice of a wider tensor works). Returns ``out``."""
-    load_ops().linear_out(out, x, weight.data, weight.out_features, bias)
+    _ops().linear_out(out, x, weight.data, weight.out_features, bias)
     return out
