@@ -44,6 +44,17 @@ def server(tiny_folder):
     background.stop()
 
 
+UNICODE_KEY = "clé-ñ-ключ"
+
+
+@pytest.fixture(scope="module")
+def unicode_key_server(tiny_folder):
+    """A server whose API key is not ASCII."""
+    background = start_server(tiny_model(tiny_folder), api_key=UNICODE_KEY)
+    yield background
+    background.stop()
+
+
 @pytest.fixture(scope="session")
 def reference(tiny_folder) -> LLM:
     """The offline engine on the same checkpoint, for greedy comparisons."""

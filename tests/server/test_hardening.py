@@ -18,6 +18,7 @@ from octavo_server.settings import ServerSettings
 
 from .conftest import (
     MODEL,
+    UNICODE_KEY,
     assert_error,
     assert_still_serving,
     post,
@@ -197,16 +198,6 @@ def test_an_empty_api_key_is_a_usage_error_at_start_up(monkeypatch):
     for unsendable in (" key", "key\n", "k\x00y"):
         with pytest.raises(ValidationError):
             ServerSettings(api_key=unsendable)
-
-
-UNICODE_KEY = "clé-ñ-ключ"
-
-
-@pytest.fixture(scope="module")
-def unicode_key_server(tiny_folder):
-    background = start_server(tiny_model(tiny_folder), api_key=UNICODE_KEY)
-    yield background
-    background.stop()
 
 
 def test_a_non_ascii_api_key_is_compared_as_utf8_bytes(unicode_key_server):

@@ -46,7 +46,8 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, credentials = (_header(scope["headers"], b"authorization") or b"").partition(b" ")
+        given = _header(scope["headers"], b"authorization") or b""
+        scheme, _, credentials = given.partition(b" ")
         matches = hmac.compare_digest(credentials.lstrip(b" "), self.expected)
         return matches and scheme.lower() == b"bearer"
 

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from octavo_server.protocol import ErrorResponse
+from octavo_server.models import ModelManager
+from octavo_server.protocol import SEED_MAX, SEED_MIN, TOKEN_ID_MARK, ErrorResponse
 from octavo_server.settings import ServerSettings
 
 OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})  # no API key needed
@@ -36,13 +37,20 @@ _HEADERS = {
 }
 
 
+_SSE_EVENT = {  # OpenAPI before 3.2: the schema of one event
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "A chunk as JSON, or `[DONE]`."}},
+    "required": ["data"],
+}
+
+
 def generation_responses(response_model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """A generation route's 200: the whole response as JSON, or server-sent events."""
     return {200: {
         "model": response_model,
         "description": "The response; with `stream: true`, server-sent events instead: one "
                        "`data: {chunk}` per engine step, then `data: [DONE]`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     }}
 
 
@@ -86,9 +94,31 @@ def _document_components(schema: dict[str, Any], settings: ServerSettings) -> No
         properties = schemas.get(name, {}).get("properties", {})
         for field in ("n", "best_of"):
             if field in properties:
-                properties[field]["maximum"] = settings.max_n
+                _integer(properties[field])["maximum"] = settings.max_n
+        if "seed" in properties:  # FastAPI writes bounds as floats: 2**64 - 1 would round up
+            _integer(properties["seed"]).update(minimum=SEED_MIN, maximum=SEED_MAX)
     if settings.api_key is not None:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
+def _bound_by_token_ids(node: Any, manager: ModelManager) -> None:
+    """Token ids below the (smallest) vocabulary of the served models, which the request
+    models alone cannot say."""
+    vocab = min((m.llm.info.vocab_size for m in manager), default=None)
+    if isinstance(node, list):
+        for item in node:
+            _bound_by_token_ids(item, manager)
+    if not isinstance(node, dict):
+        return
+    if node.pop(TOKEN_ID_MARK, False) and vocab is not None:
+        node["maximum"] = vocab - 1
+    for value in node.values():
+        _bound_by_token_ids(value, manager)
+
+
+def _integer(schema: dict[str, Any]) -> dict[str, Any]:
+    """The integer member of a field's schema (``anyOf: [integer, null]`` or integer)."""
+    return next((m for m in schema.get("anyOf", []) if m.get("type") == "integer"), schema)
 
 
 def install_openapi(app: FastAPI, settings: ServerSettings) -> None:
@@ -99,6 +129,7 @@ def install_openapi(app: FastAPI, settings: ServerSettings) -> None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             _document_errors(schema, settings)
             _document_components(schema, settings)
+            _bound_by_token_ids(schema["components"]["schemas"], app.state.octavo.manager)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -47,7 +47,7 @@ async def check_text_size(model: ServedModel, settings: ServerSettings, texts: S
     if size <= limit:
         size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
     if size > limit:
-        raise APIError(400, f"the {param} has more than {limit} bytes of text, more than "
+        raise APIError(400, f"{param} holds more than {limit} bytes of text, more than "
                        f"{reason}: shorten it", param=param, code=CONTEXT_LENGTH_EXCEEDED)
 
 

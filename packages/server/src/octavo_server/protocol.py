@@ -1,8 +1,9 @@
 """Request and response bodies in the shape of OpenAI's API (and vLLM's extra fields).
 
-Request models are strict (``"3"`` is not an int, ``false`` is not token 0) and carry their
-ranges, so the OpenAPI schema FastAPI derives from them is what the server accepts. Every
-string must be valid Unicode (no lone UTF-16 surrogate, which JSON can spell as ``\ud800``).
+Request models are strict (``"3"`` is not an int, ``false`` is not token 0; ``2.0`` is 2, as
+in JSON Schema) and carry their ranges and the rules between their fields, so the OpenAPI
+schema FastAPI derives from them says what the server accepts. Every string must be valid
+Unicode (no lone UTF-16 surrogate, which JSON can spell as ``\\ud800``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -61,11 +63,34 @@ def _valid_unicode(text: str) -> str:
     return text
 
 
+TOKEN_ID_MARK = "x-token-id"  # the OpenAPI schema bounds these by the vocabulary
+
+
+def _whole_number(value: Any) -> Any:
+    """``2.0`` is the integer 2, as JSON Schema counts it; ``2.5``, ``"2"`` and ``true`` stay
+    what they are, and the strict int check refuses them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(ge: int | None = None, le: int | None = None, **schema: Any) -> Any:
+    """An int field's type: ``ge`` <= it <= ``le``, and ``2.0`` counts as 2."""
+    return Annotated[int, Field(ge=ge, le=le, json_schema_extra=schema or None),
+                     BeforeValidator(_whole_number)]
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
-TokenId = Annotated[int, Field(ge=0)]
+TokenId = integer(ge=0, **{TOKEN_ID_MARK: True})
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
-Logprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
+Logprobs = integer(ge=0, le=MAX_LOGPROBS)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what the engine accepts
+
+
+def _needs_true(field: str, flag: str) -> dict[str, Any]:
+    """JSON Schema for: ``field``, when given and not null, needs ``flag: true``."""
+    return {"if": {"required": [field], "properties": {field: {"not": {"type": "null"}}}},
+            "then": {"required": [flag], "properties": {flag: {"const": True}}}}
 
 
 class RequestModel(BaseModel):
@@ -83,30 +108,36 @@ class StreamOptions(RequestModel):
 class SamplingRequest(RequestModel):
     """Fields completions and chat share."""
 
+    model_config = ConfigDict(json_schema_extra={"allOf": [_needs_true("stream_options",
+                                                                       "stream")]})
+
     model: Text | None = None
-    n: int = Field(1, ge=1, description="Completions per prompt (at most the server's --max-n).")
+    n: integer(ge=1) = Field(
+        1, description="Completions per prompt (at most the server's --max-n).")
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: NonEmptyText | list[NonEmptyText] | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    seed: integer(ge=SEED_MIN, le=SEED_MAX) | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[Annotated[str, Field(pattern="^[0-9]+$")],
-                     Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None, description="Token id (as a string of digits) -> bias added to its logit.")
+    logit_bias: Annotated[
+        dict[Annotated[str, Field(pattern="^[0-9]+$")], Annotated[float, Field(ge=-100, le=100)]],
+        Field(json_schema_extra={"additionalProperties": False}),
+    ] | None = Field(None, description="Token id (as a string of digits) -> bias added to its "
+                     "logit.")
     stream: bool = False
     stream_options: StreamOptions | None = Field(None, description="Only with stream: true.")
     user: Text | None = None
     # vLLM's extra sampling fields
-    top_k: int | None = Field(None, ge=-1, description="0 or -1: off.")
+    top_k: integer(ge=-1) | None = Field(None, description="0 or -1: off.")
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: integer(ge=0) = 0
     ignore_eos: bool = False
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    priority: int = 0
+    priority: integer() = 0
 
     @field_validator("stream_options")
     @classmethod
@@ -146,10 +177,10 @@ class UsageInfo(BaseModel):
 class CompletionRequest(SamplingRequest):
     prompt: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds
              | Annotated[list[TokenIds], Field(min_length=1)])
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: integer(ge=1) | None = 16
     logprobs: Logprobs | None = None
     echo: bool = False
-    best_of: int | None = Field(None, ge=1, description="Must equal n when given.")
+    best_of: integer(ge=1) | None = Field(None, description="Must equal n when given.")
     suffix: Text | None = Field(None, json_schema_extra={"maxLength": 0},
                                 description="Not supported: leave it out or empty.")
 
@@ -211,10 +242,13 @@ class ResponseFormat(RequestModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        _needs_true("stream_options", "stream"), _needs_true("top_logprobs", "logprobs")]})
+
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(
-        None, ge=1, description="Default: the rest of the context after the prompt.")
-    max_tokens: int | None = Field(None, ge=1, description="Older name of "
+    max_completion_tokens: integer(ge=1) | None = Field(
+        None, description="Default: the rest of the context after the prompt.")
+    max_tokens: integer(ge=1) | None = Field(None, description="Older name of "
                                    "max_completion_tokens (which wins when both are given).")
     logprobs: bool = False
     top_logprobs: Logprobs | None = Field(None, description="Only with logprobs: true.")
@@ -313,9 +347,13 @@ class ModelList(BaseModel):
 class TokenizeRequest(RequestModel):
     """Exactly one of ``prompt`` and ``messages``."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]})
+
     model: Text | None = None
     prompt: Text | None = None
-    messages: list[ChatMessage] | None = Field(None, validate_default=True)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, validate_default=True)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
