@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -136,6 +137,81 @@ def test_preemptions_are_counted_and_every_request_still_completes(tiny_folder, 
         assert [r.choices[0].text for r in results] == [e.outputs[0].text for e in expected]
         values = scrape(background.base_url)
         assert values["octavo_num_preemptions_total"] >= 1
+        assert_all_blocks_free(background.base_url)
+    finally:
+        background.stop()
+
+
+def chat_body(i: int, stream: bool, max_tokens: int) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": f"w{i % 90} w3"}],
+            "max_completion_tokens": max_tokens, "ignore_eos": True, "temperature": 0.8,
+            "seed": i, "stream": stream}
+
+
+async def streamed_chat(http: httpx.AsyncClient, url: str, i: int, drop: bool):
+    """``("answered", finish reasons)``, ``("dropped", None)`` after four chunks when
+    ``drop``, or ``("rejected", response)``."""
+    async with http.stream("POST", url, json=chat_body(i, True, 200 if drop else 8 + i % 9)
+                           ) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return ("rejected", response)
+        finishes, chunks = [], 0
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunks += 1
+            if drop and chunks == 4:
+                return ("dropped", None)  # leaving the block closes the connection
+            finish = json.loads(line[len("data: "):])["choices"][0]["finish_reason"]
+            finishes += [finish] if finish else []
+        return ("answered", finishes)
+
+
+async def plain_chat(http: httpx.AsyncClient, url: str, i: int):
+    response = await http.post(url, json=chat_body(i, False, 8 + i % 9))
+    if response.status_code != 200:
+        return ("rejected", response)
+    return ("answered", [c["finish_reason"] for c in response.json()["choices"]])
+
+
+@pytest.mark.slow
+def test_128_chat_requests_with_16_dropped_streams_are_all_answered_or_rejected(tiny_folder):
+    """64 streaming and 64 plain chat requests at once, 16 of the streams dropped after a few
+    chunks, on a server that runs 16 sequences and lets 64 wait: each request is answered
+    (or refused with 503 and Retry-After), the finish counters equal the answers, and the
+    server ends idle with every block free."""
+    background = start_server(tiny_model(tiny_folder, max_waiting_requests=64, max_num_seqs=16))
+    url = f"{background.url}/chat/completions"
+
+    async def main():
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+            return await asyncio.gather(
+                *(streamed_chat(http, url, i, drop=i % 4 == 0) for i in range(64)),
+                *(plain_chat(http, url, 64 + i) for i in range(64)))
+
+    try:
+        before = scrape(background.base_url)
+        results = asyncio.run(main())
+        values = wait_until_idle(background.base_url, timeout=60)
+        kinds = [kind for kind, _ in results]
+        assert kinds.count("dropped") == 16
+        assert kinds.count("answered") + kinds.count("rejected") == 112
+        for response in (detail for kind, detail in results if kind == "rejected"):
+            assert response.status_code == 503, response.text  # cleanly: 503 queue_full
+            assert response.json()["error"]["code"] == "queue_full"
+            assert response.headers["retry-after"] == "1"
+        answered = [finish for kind, finishes in results if kind == "answered"
+                    for finish in finishes]
+        assert answered and set(answered) == {"length"}
+
+        def moved(name):
+            return values[name] - before.get(name, 0)
+
+        assert moved("octavo_request_success_total[length]") == len(answered)
+        assert moved("octavo_request_success_total[abort]") == 16
+        assert moved("octavo_request_success_total[stop]") == 0
         assert_all_blocks_free(background.base_url)
     finally:
         background.stop()
