@@ -141,3 +141,71 @@ def fake_server():
     yield start
     for server in servers:
         server.stop()
+
+
+def _byte_level_tokens() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes (a byte-level BPE vocabulary)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return [chr(b) for b in kept] + [chr(256 + i) for i in range(len(moved))]
+
+
+def write_tiny_llama_gguf(path, *, seed: int = 0, hidden: int = 64, layers: int = 2,
+                          heads: int = 4, kv_heads: int = 2, ffn: int = 128) -> None:
+    """A random float32 Llama GGUF with a byte-level vocabulary (256 bytes, one merge, BOS and
+    EOS: 259 tokens) that llama.cpp, transformers and Octavo all load."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = [*_byte_level_tokens(), "ab", "<s>", "</s>"]
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(1024)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * 257 + [gguf.TokenType.CONTROL] * 2)
+    writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(257)
+    writer.add_eos_token_id(258)
+
+    def add(name: str, *shape: int) -> None:  # numpy order: [out_features, in_features]
+        data = rng.standard_normal(shape) / np.sqrt(shape[-1])
+        writer.add_tensor(name, data.astype(np.float32))
+
+    def ones(name: str) -> None:
+        writer.add_tensor(name, np.ones(hidden, dtype=np.float32))
+
+    kv = hidden // heads * kv_heads
+    add("token_embd.weight", len(tokens), hidden)  # tied: no output.weight
+    ones("output_norm.weight")
+    for i in range(layers):
+        ones(f"blk.{i}.attn_norm.weight")
+        ones(f"blk.{i}.ffn_norm.weight")
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)),
+                            ("attn_v", (kv, hidden)), ("attn_output", (hidden, hidden)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))):
+            add(f"blk.{i}.{name}.weight", *shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory):
+    """A random tiny Llama as a float32 GGUF file (see :func:`write_tiny_llama_gguf`)."""
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf"
+    write_tiny_llama_gguf(path)
+    return path

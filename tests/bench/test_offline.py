@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from octavo import LLM, SamplingParams
 from octavo.cli import cli
 from octavo.testing.tiny_models import save_tiny_model
-from octavo_bench.engines import LlamaCppEngine, add_bench_requests
+from octavo_bench.engines import add_bench_requests
 from octavo_bench.latency import time_batch
+from octavo_bench.llama_cpp_engine import LlamaCppEngine
 from octavo_bench.workload import make_workload
 
 

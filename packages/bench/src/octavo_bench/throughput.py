@@ -1,7 +1,9 @@
 """``octavo bench throughput``: offline generation of a whole workload, Octavo beside peers.
 
-All engines run in this one process on the same requests, one after the other, so a change in
-the machine's load shows in every engine's figures; the report ends with Octavo's ratios.
+All engines run on the same requests, one after the other (HF and llama.cpp in this process,
+vLLM in a subprocess of its own Python), so a change in the machine's load shows in every
+engine's figures; the report ends with Octavo's ratios. Beside its speed, each engine's CPU
+use is reported: process CPU time over wall time of its timed run (2.0: two cores busy).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def engine_result(run: EngineRun, totals: dict[str, int]) -> dict[str, Any]:
         "output_tokens_per_s": totals["output_tokens"] / run.seconds,
         "total_tokens_per_s": totals["total_tokens"] / run.seconds,
         "peak_rss_mib": run.peak_rss_bytes / MiB if run.peak_rss_bytes else None,
+        "cpu_seconds": run.cpu_seconds,
+        "cpu_util": run.cpu_seconds / run.seconds if run.cpu_seconds is not None else None,
         "kv_util_mean": run.kv_usage.mean if run.kv_usage else None,
         "kv_util_peak": run.kv_usage.peak if run.kv_usage else None,
         "load_before": run.load_before, "load_after": run.load_after,
@@ -62,16 +66,27 @@ def format_throughput(report: dict[str, Any]) -> str:
              f"model={w['model']}",
              format_machine(report["machine"]), ""]
     rows = [(r["engine"], r["seconds"], r["requests_per_s"], r["output_tokens_per_s"],
-             r["total_tokens_per_s"], r["peak_rss_mib"], _percent(r["kv_util_mean"]),
-             _percent(r["kv_util_peak"]), f"{r['load_before']:.2f}->{r['load_after']:.2f}")
+             r["total_tokens_per_s"], r["load_seconds"], r["cpu_util"], r["peak_rss_mib"],
+             _percent(r["kv_util_mean"]), _percent(r["kv_util_peak"]),
+             f"{r['load_before']:.2f}->{r['load_after']:.2f}")
             for r in report["engines"]]
     lines.append(format_table(("engine", "seconds", "req/s", "out tok/s", "total tok/s",
-                               "peak RSS MiB", "KV util mean", "KV util peak", "load"), rows))
+                               "start-up s", "CPU cores", "peak RSS MiB", "KV util mean",
+                               "KV util peak", "load"), rows))
     for r in report["ratios"]:
         lines.append(f"{r['engine']} / {r['peer']}: {r['speedup']:.2f}x output tokens/s; "
                      f"greedy outputs identical for {r['identical_outputs']}/"
                      f"{r['num_requests']} requests")
+    lines += [f"{r['engine']} settings: {_settings(r['details'])}" for r in report["engines"]
+              if r["details"]]
     return "\n".join(lines)
+
+
+def _settings(details: dict[str, Any], prefix: str = "") -> str:
+    """``key=value`` pairs, nested dictionaries flattened (``llm.dtype=float32``)."""
+    return " ".join(_settings(value, f"{prefix}{key}.") if isinstance(value, dict)
+                    else f"{prefix}{key}={value}"
+                    for key, value in details.items() if value is not None)
 
 
 def _percent(value: float | None) -> str | None:
