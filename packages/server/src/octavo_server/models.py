@@ -16,6 +16,7 @@ from octavo.sampling_params import SamplingParams
 from octavo_server.errors import APIError
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
+UNKNOWN_VOCAB_TOKEN_BYTES = 1024  # longer than any real vocabulary entry
 
 
 @dataclass
@@ -46,7 +47,10 @@ class ServedModel:
         covers: byte-level BPE writes each byte as one character, SentencePiece a space as
         three bytes). A tokenizer that maps unknown text of any length to one unknown token
         is the exception; ``--max-prompt-bytes`` overrides the bound for it."""
-        vocab = self.tokenizer.get_vocab()
+        try:
+            vocab = self.tokenizer.get_vocab()
+        except (AttributeError, NotImplementedError):  # a tokenizer that cannot list it
+            return UNKNOWN_VOCAB_TOKEN_BYTES
         return max((len(token.encode("utf-8", "surrogatepass")) for token in vocab), default=1)
 
     def admit(self, num_sequences: int, param: str) -> None:
