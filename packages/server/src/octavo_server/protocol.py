@@ -79,6 +79,7 @@ def integer(ge: int | None = None, le: int | None = None, **schema: Any) -> Any:
     return Annotated[int, Field(ge=ge, le=le, json_schema_extra=schema or None),
                      BeforeValidator(_whole_number)]
 
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
 TokenId = integer(ge=0, **{TOKEN_ID_MARK: True})
