@@ -260,6 +260,10 @@ def test_requests_longer_than_a_slot_and_decode_errors_are_reported():
         engine.generate(requests_of((3, 2)), progress=False)
     with pytest.raises(ValueError, match="3 llama.cpp slots do not fit a batch of 2 tokens"):
         LlamaCppEngine("m.gguf", threads=1, parallel=3, n_ctx_seq=16, n_batch=2)
+    old = LlamaCppEngine("m.gguf", api=SimpleNamespace(__version__="0.3.1"), threads=1,
+                         parallel=2, n_ctx_seq=16)
+    with pytest.raises(RuntimeError, match="llama-cpp-python 0.3.1 lacks llama_get_memory"):
+        old.load()
 
 
 needs_llama_cpp = pytest.mark.skipif(not importlib.util.find_spec("llama_cpp"),

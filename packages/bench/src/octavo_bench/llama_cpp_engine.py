@@ -124,6 +124,11 @@ def quiet_log(api) -> None:
     api.llama_log_set(callback, None)
 
 
+# The low-level functions the engine calls beyond llama.h's oldest (llama.cpp's memory API).
+REQUIRED = ("llama_get_memory", "llama_memory_clear", "llama_memory_seq_rm", "llama_n_ctx_seq",
+            "llama_model_load_from_file", "llama_init_from_model", "llama_vocab_n_tokens")
+
+
 def import_llama_cpp():
     try:
         import llama_cpp
@@ -168,6 +173,10 @@ class LlamaCppEngine:
 
     def load(self) -> None:
         api = self.api = self.api or import_llama_cpp()
+        missing = [name for name in REQUIRED if not hasattr(api, name)]
+        if missing:
+            raise RuntimeError(f"llama-cpp-python {getattr(api, '__version__', '?')} lacks "
+                               f"{', '.join(missing)}: upgrade it (written against 0.3.36)")
         if self.parallel > api.llama_max_parallel_sequences():
             raise ValueError(f"llama.cpp runs at most {api.llama_max_parallel_sequences()} "
                              f"sequences in one context, not {self.parallel}")
