@@ -15,8 +15,9 @@
 // The micro-kernel keeps an MR x NR block of y in registers (MR <= 6 on AVX2, <= 12 on
 // AVX-512) and, per input feature k, loads the panel's NR weights once and broadcasts x[r, k]
 // of each of the MR rows: 2 * MR FMAs per two loads of weights. Threads split the output
-// panels (each streams its panels, in memory order, once per chunk of rows); with fewer
-// panels than threads they split the rows too. A chunk of rows of x stays in L2, and so does
+// panels into groups of consecutive panels (streamed in memory order, once per chunk of
+// rows), a few per thread, taken as each thread finishes one; with too few panels they
+// split the rows too. A chunk of rows of x stays in L2, and so does
 // the panel while the chunk's row blocks read it (K is blocked only past 2048 on AVX2); the
 // next panel is prefetched meanwhile. One row (decode) is a pure stream of the weight,
 // bound by memory bandwidth.
@@ -30,6 +31,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -232,28 +234,37 @@ bool serial_is_faster(const Problem& p, int64_t M) {
   return weight_bytes < 256 * 1024 && 2 * M * p.N * p.K < 4'000'000;
 }
 
+// Work items per thread: threads take the next item as they finish one, so a thread slowed
+// by another process on its core (a shared machine) leaves its share to the others.
+constexpr int64_t kItemsPerThread = 4;
+
 void run(const Problem& p, int64_t M) {
   const int64_t threads = at::get_num_threads();
-  // Work items: (group of panels) x (chunk of rows). Each thread takes a contiguous run of
-  // panels; rows split further only when there are too few panels to go round.
+  // Items: (chunk of rows) x (group of consecutive panels), chunk-major, so the threads
+  // share a chunk of x while they stream its panels. Rows split further only when there are
+  // too few panels to make enough items.
+  const int64_t wanted = threads * kItemsPerThread;
+  const int64_t groups = std::min(p.num_panels, wanted);  // of P / groups panels, +-1
   int64_t chunk = row_chunk(p.K);
-  const int64_t groups = std::min(p.num_panels, threads);
-  if (groups < threads && M > kMaxRows) {
-    const int64_t per_thread = (M + threads - 1) / threads;
-    chunk = std::min(chunk, std::max<int64_t>(kMaxRows, per_thread));
+  if (groups < wanted && M > kMaxRows) {
+    const int64_t rows = (M * groups + wanted - 1) / wanted;
+    chunk = std::min(chunk, std::max<int64_t>(kMaxRows, rows));
   }
   const int64_t chunks = (M + chunk - 1) / chunk;
   chunk = (M + chunks - 1) / chunks;  // as even as possible
-  if ((groups == 1 && chunks == 1) || serial_is_faster(p, M)) {
-    compute_block(p, 0, M, 0, p.num_panels);
+  const int64_t items = groups * chunks;
+  const auto compute_item = [&](int64_t item) {
+    const int64_t c = item / groups, g = item % groups;
+    compute_block(p, c * chunk, std::min(M, (c + 1) * chunk), g * p.num_panels / groups,
+                  (g + 1) * p.num_panels / groups);
+  };
+  if (threads == 1 || items == 1 || serial_is_faster(p, M)) {
+    for (int64_t item = 0; item < items; ++item) compute_item(item);
     return;
   }
-  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t g = item / chunks, c = item % chunks;
-      compute_block(p, c * chunk, std::min(M, (c + 1) * chunk), g * p.num_panels / groups,
-                    (g + 1) * p.num_panels / groups);
-    }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+    for (int64_t item = next++; item < items; item = next++) compute_item(item);
   });
 }
 
