@@ -237,24 +237,35 @@ bool serial_is_faster(const Problem& p, int64_t M) {
 // Work items per thread: threads take the next item as they finish one, so a thread slowed
 // by another process on its core (a shared machine) leaves its share to the others.
 constexpr int64_t kItemsPerThread = 4;
+// With several chunks of rows, a group holds about this many bytes of weight: it stays in L2
+// while the threads take the group's chunks one after the other, so each weight is read from
+// memory once whatever M (the LM head's 113 MB too), and x (a chunk at a time) from L3.
+constexpr int64_t kGroupBytes = 64 * 1024;
 
+// Items: (group of consecutive panels) x (chunk of rows). One chunk (up to ~100 rows): a
+// few groups per thread. Several chunks: groups of kGroupBytes, group-major. With too few
+// panels for the threads the rows split into smaller chunks instead.
 void run(const Problem& p, int64_t M) {
   const int64_t threads = at::get_num_threads();
-  // Items: (chunk of rows) x (group of consecutive panels), chunk-major, so the threads
-  // share a chunk of x while they stream its panels. Rows split further only when there are
-  // too few panels to make enough items.
   const int64_t wanted = threads * kItemsPerThread;
-  const int64_t groups = std::min(p.num_panels, wanted);  // of P / groups panels, +-1
   int64_t chunk = row_chunk(p.K);
-  if (groups < wanted && M > kMaxRows) {
+  int64_t chunks = (M + chunk - 1) / chunk;
+  int64_t groups = std::min(p.num_panels, wanted);  // of P / groups panels, +-1
+  bool group_major = false;
+  if (chunks > 1) {
+    const int64_t panel_bytes = p.K * kNR * static_cast<int64_t>(sizeof(float));
+    groups = std::max(groups, std::min(p.num_panels, p.num_panels * panel_bytes / kGroupBytes));
+    group_major = true;
+  } else if (groups < wanted && M > kMaxRows) {
     const int64_t rows = (M * groups + wanted - 1) / wanted;
     chunk = std::min(chunk, std::max<int64_t>(kMaxRows, rows));
+    chunks = (M + chunk - 1) / chunk;
   }
-  const int64_t chunks = (M + chunk - 1) / chunk;
   chunk = (M + chunks - 1) / chunks;  // as even as possible
   const int64_t items = groups * chunks;
   const auto compute_item = [&](int64_t item) {
-    const int64_t c = item / groups, g = item % groups;
+    const int64_t c = group_major ? item % chunks : item / groups;
+    const int64_t g = group_major ? item / chunks : item % groups;
     compute_block(p, c * chunk, std::min(M, (c + 1) * chunk), g * p.num_panels / groups,
                   (g + 1) * p.num_panels / groups);
   };
