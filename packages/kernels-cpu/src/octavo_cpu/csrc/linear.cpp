@@ -14,13 +14,11 @@
 //
 // The micro-kernel keeps an MR x NR block of y in registers (MR <= 6 on AVX2, <= 12 on
 // AVX-512) and, per input feature k, loads the panel's NR weights once and broadcasts x[r, k]
-// of each of the MR rows: 2 * MR FMAs per two loads of weights. Threads split the output
-// panels into groups of consecutive panels (streamed in memory order, once per chunk of
-// rows), a few per thread, taken as each thread finishes one; with too few panels they
-// split the rows too. A chunk of rows of x stays in L2, and so does
-// the panel while the chunk's row blocks read it (K is blocked only past 2048 on AVX2); the
-// next panel is prefetched meanwhile. One row (decode) is a pure stream of the weight,
-// bound by memory bandwidth.
+// of each of the MR rows: 2 * MR FMAs per two loads of weights. A chunk of rows of x stays
+// in L2, and so does a panel while the chunk's row blocks read it (K is blocked only past
+// 2048 on AVX2); the next panel is prefetched meanwhile. Threads take work items (groups of
+// consecutive panels x chunks of rows, see run) as each finishes one. One row (decode) is a
+// pure stream of the weight, bound by memory bandwidth.
 //
 // Accumulation is float32 in a fixed order (the K blocks in sequence, each k once, fused
 // multiply-adds), bias added with the first block; no fast-math.
