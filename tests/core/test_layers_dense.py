@@ -1,5 +1,5 @@
-"""dense_linear: the CPU column-block split and the packed oneDNN weight compute the same product
-as F.linear."""
+"""dense_linear: the CPU column-block split and packed weights (core's oneDNN provider, and
+whichever pack_linear provider is best here) compute the same product as F.linear."""
 
 import pytest
 import torch
@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from octavo.layers.dense import (
     CPU_BLOCK,
     CPU_SPLIT_ABOVE,
-    PACKED_LINEAR_ENV,
+    OneDnnPackedLinear,
+    PackedLinear,
     dense_linear,
-    pack_for_cpu,
+    pack_dense,
 )
+from octavo.layers.layer_ops import LAYER_OPS_ENV
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64])
@@ -38,16 +40,21 @@ needs_packing = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
 
 
 @needs_packing
+@pytest.mark.parametrize("provider", ["onednn", None])  # None: the best one installed
 @pytest.mark.parametrize("rows", [0, 1, 16, 37, 300])
 @pytest.mark.parametrize("shape", [(96, 64), (3072, 576), (CPU_SPLIT_ABOVE + 7, 64)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_weight_matches_f_linear(rows, shape, bias):
+def test_packed_weight_matches_f_linear(monkeypatch, provider, rows, shape, bias):
+    if provider is not None:
+        monkeypatch.setenv(LAYER_OPS_ENV, provider)
     g = torch.Generator().manual_seed(rows + shape[0])
     x = torch.randn(rows, shape[1], generator=g)
     w = torch.randn(*shape, generator=g)
     b = torch.randn(shape[0], generator=g) if bias else None
-    packed = pack_for_cpu(w)
-    assert packed is not None and packed.is_mkldnn and packed.shape == w.shape
+    packed = pack_dense(w)
+    assert isinstance(packed, PackedLinear) and packed.shape == w.shape
+    if provider == "onednn":
+        assert isinstance(packed, OneDnnPackedLinear) and packed.data.is_mkldnn
     torch.testing.assert_close(dense_linear(x, packed, b), F.linear(x, w, b),
                                atol=1e-4, rtol=1e-5)
     x3 = torch.randn(2, 3, shape[1], generator=g)[:, ::2]  # non-contiguous, leading dims
@@ -58,10 +65,11 @@ def test_packed_weight_matches_f_linear(rows, shape, bias):
 @needs_packing
 def test_what_is_not_packed(monkeypatch):
     w = torch.randn(8, 4)
-    assert pack_for_cpu(w.double()) is None  # float32 only
-    assert pack_for_cpu(w.bfloat16()) is None
-    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
-    assert pack_for_cpu(w) is None
+    assert pack_dense(w.double()) is None  # float32 only
+    assert pack_dense(w.bfloat16()) is None
+    assert pack_dense(torch.randn(8)) is None
+    monkeypatch.setenv(LAYER_OPS_ENV, "torch")
+    assert pack_dense(w) is None
 
 
 @needs_packing
@@ -77,11 +85,13 @@ def test_loaded_layers_keep_only_the_packed_weight(tmp_path, monkeypatch):
     llm = LLM(str(tmp_path), dtype="float32", num_gpu_blocks_override=32)
     model = llm.engine.core.runner.model
     linear = model.model.layers[0].mlp.down_proj
-    assert linear.weight.is_mkldnn
+    assert isinstance(linear.packed_weight, PackedLinear)
+    assert linear.weight.data_ptr() == linear.packed_weight.data.data_ptr()  # one copy
     packed = llm.generate(prompts, params)
-    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
+    monkeypatch.setenv(LAYER_OPS_ENV, "torch")
     plain_llm = LLM(str(tmp_path), dtype="float32", num_gpu_blocks_override=32)
-    assert not plain_llm.engine.core.runner.model.model.layers[0].mlp.down_proj.weight.is_mkldnn
+    plain_layer = plain_llm.engine.core.runner.model.model.layers[0].mlp.down_proj
+    assert plain_layer.packed_weight is None
     plain = plain_llm.generate(prompts, params)
     for a, b in zip(packed, plain):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

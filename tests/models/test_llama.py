@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-from octavo.layers.dense import PACKED_LINEAR_ENV
+from octavo.layers.layer_ops import LAYER_OPS_ENV
 from octavo.testing.model_suite import ModelConformanceSuite
 from octavo_models.llama import LlamaForCausalLM, sliding_window_of
 
@@ -103,7 +103,7 @@ class TestSuiteCatchesBugs:
     def plain_weights(self, monkeypatch):
         """The mutations below edit loaded weights in place: keep them unpacked (a packed CPU
         weight is opaque; see octavo/layers/dense.py)."""
-        monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
+        monkeypatch.setenv(LAYER_OPS_ENV, "torch")
 
     @pytest.fixture(scope="class")
     def conformance(self):
@@ -172,7 +172,7 @@ def test_hf_llama_names_fill_the_fused_parameters(monkeypatch):
     """HF Llama's separate q/k/v (weights and biases) fill the shards of ``qkv_proj`` and
     gate/up those of ``gate_up_proj``; rotary buffers of older checkpoints and a tied model's
     ``lm_head.weight`` are known and skipped."""
-    monkeypatch.setenv(PACKED_LINEAR_ENV, "0")  # read the loaded weights back as loaded
+    monkeypatch.setenv(LAYER_OPS_ENV, "torch")  # read the loaded weights back as loaded
     suite = TestLlama()
     config = LlamaConfig(**TINY, attention_bias=True, tie_word_embeddings=True,
                          architectures=["LlamaForCausalLM"])

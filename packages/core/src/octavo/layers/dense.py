@@ -1,12 +1,15 @@
 """The dense product behind every unquantized linear layer and the LM head.
 
-**Packed weights on the CPU.** torch's default CPU product (MKL's sgemm) can run a slow
-generic path (on AMD processors) and repacks the weight on every call; oneDNN's linear with a
-weight packed once for it (the path inductor takes with ``freezing``) does neither. So float32
-weights on the CPU are packed once after loading (:func:`pack_for_cpu`) and the layers keep
-only the packed copy (an opaque oneDNN tensor: reading its values fails loudly, never
-silently). ``OCTAVO_CPU_PACKED_LINEAR=0`` turns packing off. The measurements behind this are
-in docs/benchmarks.md ("Dense products").
+**Packed weights.** After loading, each dense weight is offered to the registered
+``pack_linear`` layer op (see :mod:`octavo.layers.layer_ops`); the provider chosen for the
+weight's device and dtype returns a :class:`PackedLinear` (the weight in the layout its product
+kernel streams, and that product), and the layer keeps only that copy. Core's own provider,
+``onednn``, packs float32 CPU weights for oneDNN's linear (the path inductor takes with
+``freezing``; torch's default CPU product can run a slow generic path on AMD processors and
+repacks the weight on every call); ``octavo-kernels-cpu`` registers a faster one. A packed
+weight is opaque: code that reads its values fails loudly, never silently.
+``OCTAVO_LAYER_OPS=torch`` turns packing off (plain ``F.linear``). Measurements:
+docs/benchmarks.md ("Dense products") and packages/kernels-cpu/README.md.
 
 **Unpacked on the CPU**, torch's BLAS runs one wide product (many output features, few rows)
 markedly slower than the same product in column blocks, while a product a few thousand
@@ -17,46 +20,93 @@ features wide gains nothing; so only products wider than 8192 features split (do
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from octavo.layers.layer_ops import LayerOps, find_layer_op
 
 logger = logging.getLogger(__name__)
 
 CPU_SPLIT_ABOVE = 8192  # output features above which the unpacked CPU product is split
 CPU_BLOCK = 1536
-PACKED_LINEAR_ENV = "OCTAVO_CPU_PACKED_LINEAR"
 PACK_ROWS_HINT = 16  # the row count oneDNN tunes the packed layout for (a decode batch)
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor,
+class PackedLinear(nn.Module):
+    """A dense weight packed for a faster product; ``packed(x, bias)`` is
+    ``x @ W.T + bias`` for ``x [..., in_features]``.
+
+    Providers subclass it (the ``pack_linear`` layer op returns one); the packed tensor is a
+    non-persistent buffer ``data``, so it moves with the module and counts in its memory.
+    """
+
+    def __init__(self, data: torch.Tensor, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.register_buffer("data", data, persistent=False)
+        self.out_features = out_features
+        self.in_features = in_features
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The logical weight's shape, ``(out_features, in_features)``."""
+        return (self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.out_features}, {self.in_features}"
+
+
+def pack_dense(weight: torch.Tensor) -> PackedLinear | None:
+    """``weight [out_features, in_features]`` packed by the best registered ``pack_linear``
+    provider for its device and dtype, or None (no provider, or it declined the weight)."""
+    if weight.dim() != 2:
+        return None
+    pack = find_layer_op("pack_linear", weight)
+    return pack(weight.detach()) if pack is not None else None
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor | PackedLinear,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` with ``weight: [out_features, in_features]``, plain or packed
-    by :func:`pack_for_cpu`."""
-    if weight.is_mkldnn:
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.shape[0])
+    by :func:`pack_dense`."""
+    if isinstance(weight, PackedLinear):
+        return weight(x, bias)
     if x.device.type != "cpu" or weight.shape[0] <= CPU_SPLIT_ABOVE:
         return F.linear(x, weight, bias)
     out = torch.cat([F.linear(x, block) for block in weight.split(CPU_BLOCK)], dim=-1)
     return out + bias if bias is not None else out
 
 
-def pack_for_cpu(weight: torch.Tensor) -> torch.Tensor | None:
-    """``weight`` packed for oneDNN's CPU product, or None where packing does not apply (not
-    a float32 CPU tensor, packing turned off, or oneDNN's ops missing or failing their check)."""
-    if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.is_mkldnn
-            or weight.dim() != 2 or not packing_enabled()):
-        return None
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS_HINT)
+class OneDnnPackedLinear(PackedLinear):
+    """A float32 CPU weight in oneDNN's packed layout (an opaque mkldnn tensor)."""
+
+    def forward(self, x, bias=None):
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = torch.ops.mkldnn._linear_pointwise(rows, self.data, bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
 
 
-def packing_enabled() -> bool:
-    return os.environ.get(PACKED_LINEAR_ENV, "1") not in ("0", "false", "off") \
-        and _packed_product_works()
+class OneDnnLayerOps(LayerOps):
+    """Core's ``pack_linear`` for float32 CPU weights: oneDNN's packed product."""
+
+    name = "onednn"
+    priority = 0
+    supported_devices = ("cpu",)
+    supported_dtypes = (torch.float32,)
+
+    @classmethod
+    def supports(cls, op, device, dtype):
+        return super().supports(op, device, dtype) and _packed_product_works()
+
+    @staticmethod
+    def pack_linear(weight: torch.Tensor) -> PackedLinear | None:
+        data = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
+        return OneDnnPackedLinear(data, weight.shape[0], weight.shape[1])
 
 
 @cache

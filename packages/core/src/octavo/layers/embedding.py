@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo.layers.dense import dense_linear, pack_for_cpu
+from octavo.layers.dense import PackedLinear, dense_linear, pack_dense
 from octavo.layers.linear import copy_checked
 from octavo.layers.parallel import all_gather, all_reduce
 from octavo.modeling import ParallelConfig
@@ -75,12 +75,12 @@ class ParallelLMHead(VocabParallelEmbedding):
             self.weight = tied_to.weight
         # A packed copy for the CPU product (layers/dense.py), made at the first logits and
         # remade if the weight changes; the embedding (tied or not) keeps reading the plain one.
-        self._packed: tuple[tuple[int, int], torch.Tensor | None] | None = None
+        self._packed: tuple[tuple[int, int], PackedLinear | None] | None = None
 
-    def _product_weight(self) -> torch.Tensor:
+    def _product_weight(self) -> torch.Tensor | PackedLinear:
         key = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed[0] != key:
-            self._packed = (key, pack_for_cpu(self.weight))
+            self._packed = (key, pack_dense(self.weight))
         packed = self._packed[1]
         return self.weight if packed is None else packed
 

@@ -37,6 +37,9 @@ LAYER_OPS: dict[str, str] = {
                           "as RMSNorm.forward(x, residual)",
     "rotary": "rotary(x, cos, sin, is_neox_style) -> a new tensor, as "
               "octavo.layers.rotary.apply_rotary",
+    "pack_linear": "pack_linear(weight) -> an octavo.layers.dense.PackedLinear whose "
+                   "(x, bias) equals F.linear(x, weight, bias), or None to leave the weight "
+                   "plain",
 }
 
 
@@ -75,6 +78,10 @@ class LayerOps:
     @staticmethod
     def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                is_neox_style: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def pack_linear(weight: torch.Tensor) -> Any:
         raise NotImplementedError
 
 

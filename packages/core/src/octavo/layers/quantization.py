@@ -72,16 +72,21 @@ class UnquantizedMethod(QuantizationMethod):
             torch.empty(out_features, in_features, dtype=dtype, device=device),
             requires_grad=False)
         set_weight_attrs(layer.weight, {"output_dim": 0, "input_dim": 1})
+        layer.packed_weight = None
 
     def apply(self, layer, x, bias=None):
         from octavo.layers.dense import dense_linear
 
-        return dense_linear(x, layer.weight, bias)
+        packed = layer.packed_weight
+        return dense_linear(x, layer.weight if packed is None else packed, bias)
 
     def process_weights_after_loading(self, layer):
-        """On the CPU, keep only a packed copy of a float32 weight (see ``layers/dense.py``)."""
-        from octavo.layers.dense import pack_for_cpu
+        """Keep only a packed copy of the weight where a ``pack_linear`` provider takes it
+        (see ``layers/dense.py``): ``layer.packed_weight`` computes the product, and
+        ``layer.weight`` holds the packed (opaque) tensor instead of the plain one."""
+        from octavo.layers.dense import pack_dense
 
-        packed = pack_for_cpu(layer.weight)
+        packed = pack_dense(layer.weight)
         if packed is not None:
-            layer.weight = nn.Parameter(packed, requires_grad=False)
+            layer.weight = nn.Parameter(packed.data, requires_grad=False)
+            layer.packed_weight = packed

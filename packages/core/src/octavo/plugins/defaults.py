@@ -27,3 +27,8 @@ def register_swappers(register):
 @hookimpl
 def register_quantization_methods(register):
     register("none", "octavo.layers.quantization:UnquantizedMethod")
+
+
+@hookimpl
+def register_layer_ops(register):
+    register("onednn", "octavo.layers.dense:OneDnnLayerOps")
