@@ -55,8 +55,9 @@ class SchedulerSettings(BaseSettings):
     max_num_seqs: int = Field(256, gt=0)
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int | None = Field(
-        None, gt=0, description="Most prompt tokens of one request per step (chunked prefill), "
-        "so a long prompt lets short requests in every step; None: the whole budget.")
+        512, gt=0, description="Most prompt tokens of one request per step (chunked prefill), "
+        "so a long prompt lets short requests in every step; None: the whole budget. "
+        "512: docs/benchmarks.md, 'Head-of-line blocking'.")
 
     @field_validator("scheduler")
     @classmethod
