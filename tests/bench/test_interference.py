@@ -42,6 +42,8 @@ def test_interference_command_compares_thresholds(folder, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [r["long_prefill_token_threshold"] for r in report["results"]] == [None, 8]
+    # "none" really is the whole budget (not the default threshold): the short ones wait
+    assert [r["short_wait_steps"] for r in report["results"]] == [6, 1]
     for row in report["results"]:
         assert 0 < row["short_ttft_p50_s"] <= row["short_ttft_max_s"] <= row["total_s"]
     assert report["machine"]["cpu"] and "cpu_capability" in report["machine"]

@@ -326,7 +326,7 @@ def interference(model, long_len, short_len, num_short, thresholds, threads, as_
                  progress, **options):
     """Head-of-line blocking: short requests' time to first token while a long prompt is
     prefilled, for several long_prefill_token_threshold values (one engine each)."""
-    from octavo.commands import build_llm
+    from octavo.entrypoints.llm import LLM
     from octavo_bench.interference import run_interference
     from octavo_bench.machine import load_average, machine_info
     from octavo_bench.report import emit, format_machine, format_table
@@ -336,9 +336,13 @@ def interference(model, long_len, short_len, num_short, thresholds, threads, as_
     machine = {**machine_info(), "load_before": load_average()}
     rows = []
     for value in values:
-        llm = build_llm(model, {**options, "long_prefill_token_threshold": value})
+        try:  # None stays None here (build_llm would drop it and take the default)
+            llm = LLM(model, **engine_kwargs(options), long_prefill_token_threshold=value)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
         run_interference(llm.engine, long_len=64, short_len=8, num_short=1,  # warm-up
-                         vocab_size=llm.engine.info.vocab_size)
+                         vocab_size=llm.engine.info.vocab_size, seed=1)  # other tokens: no
+        # prefix of the measured prompts may come from the cache
         result = run_interference(llm.engine, long_len=long_len, short_len=short_len,
                                   num_short=num_short, vocab_size=llm.engine.info.vocab_size)
         rows.append({"long_prefill_token_threshold": value, **result.as_dict()})
