@@ -23,12 +23,8 @@ class CpuPackedLinear(PackedLinear):
         super().__init__(weight.data, weight.out_features, weight.in_features)
         self._linear = load_ops().linear  # the op itself: no Python between layer and kernel
 
-    def forward(self, x, bias=None):
-        if x.dim() == 2:
-            return self._linear(x, self.data, self.out_features, bias)
-        rows = x.reshape(-1, x.shape[-1])
-        out = self._linear(rows, self.data, self.out_features, bias)
-        return out.view(*x.shape[:-1], self.out_features)
+    def product(self, x, bias):
+        return self._linear(x, self.data, self.out_features, bias)
 
 
 class CpuLayerOps(LayerOps):

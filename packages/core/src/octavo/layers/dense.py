@@ -55,6 +55,13 @@ class PackedLinear(nn.Module):
         return (self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() == 2:
+            return self.product(x, bias)
+        out = self.product(x.reshape(-1, x.shape[-1]), bias)  # [rows, out_features]
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x [rows, in_features] -> [rows, out_features]``: the provider's kernel."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -85,10 +92,8 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor | PackedLinear,
 class OneDnnPackedLinear(PackedLinear):
     """A float32 CPU weight in oneDNN's packed layout (an opaque mkldnn tensor)."""
 
-    def forward(self, x, bias=None):
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(rows, self.data, bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
+    def product(self, x, bias):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.data, bias, "none", [], "")
 
 
 class OneDnnLayerOps(LayerOps):
