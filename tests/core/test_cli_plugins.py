@@ -15,9 +15,17 @@ from click.testing import CliRunner
 
 from octavo.cli import cli
 from octavo.plugins import DEFAULT_PLUGINS, REGISTRY_HOOKS, get_plugin_manager, reset_plugin_manager
+from octavo.plugins.report import all_plugins
 
+EXAMPLE_REGISTERED = {
+    "register_attention_backends": ["example-sdpa"], "register_commands": ["example-registered"],
+    "register_kv_cache_managers": ["example-paged"], "register_layer_ops": ["example-ops"],
+    "register_models": ["OctavoExampleForCausalLM"],
+    "register_quantization_methods": ["example_int8"], "register_schedulers": ["example-fcfs"],
+    "register_swappers": ["example-host"], "register_weight_formats": ["*.npz"]}
 EXAMPLE = {"name": "example", "distribution": "octavo-example-plugin", "version": "0.1.0",
-           "hooks": sorted([*REGISTRY_HOOKS, "register_commands"])}
+           "status": "loaded", "hooks": sorted([*REGISTRY_HOOKS, "register_commands"]),
+           "registered": EXAMPLE_REGISTERED}
 
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
@@ -33,13 +41,25 @@ def test_plugins_lists_the_example_plugin():
     out = invoke("plugins")
     block = out[out.index("example  (octavo-example-plugin 0.1.0)\n"):].splitlines()
     block = block[1:1 + len(EXAMPLE["hooks"])]
-    assert block == [f"    {hook}" for hook in EXAMPLE["hooks"]]
-    assert out.startswith("octavo.plugins.defaults  (octavo-core 0.1.0)\n    register_")
+    assert block == [f"    {hook}: {', '.join(EXAMPLE_REGISTERED[hook])}"
+                     for hook in EXAMPLE["hooks"]]
+    assert out.startswith("octavo.plugins.defaults  (octavo-core 0.1.0)\n"
+                          "    register_attention_backends: torch\n")
+    assert "    register_schedulers: fcfs, priority\n" in out
+
+
+def test_plugins_shows_disabled_plugins_as_disabled(monkeypatch):
+    monkeypatch.setenv("OCTAVO_DISABLE_PLUGINS", "example")
+    out = invoke("plugins").splitlines()
+    assert ("example  (octavo-example-plugin 0.1.0)  disabled: disabled by "
+            "OCTAVO_DISABLE_PLUGINS") in out
+    assert not any(line.startswith("    register_") and "example-sdpa" in line for line in out)
 
 
 def test_plugins_json_matches_the_manager():
     data = json.loads(invoke("plugins", "--json"))
-    assert data == [info.as_dict() for info in get_plugin_manager().plugins.values()]
+    pm = get_plugin_manager()
+    assert data == [info.as_dict() for info in all_plugins(pm)]
     assert EXAMPLE in data
     assert data[0]["name"] == DEFAULT_PLUGINS[0]
 
@@ -47,7 +67,9 @@ def test_plugins_json_matches_the_manager():
 def test_plugins_respects_the_allowlist(monkeypatch):
     monkeypatch.setenv("OCTAVO_PLUGINS", "")
     data = json.loads(invoke("plugins", "--json"))
-    assert [p["name"] for p in data] == list(DEFAULT_PLUGINS)
+    assert [p["name"] for p in data if p["status"] == "loaded"] == list(DEFAULT_PLUGINS)
+    assert {"name": "example", "status": "disabled", "reason": "not in OCTAVO_PLUGINS"
+            }.items() <= next(p for p in data if p["name"] == "example").items()
     result = CliRunner().invoke(cli, ["example-registered"])  # its command is gone too
     assert result.exit_code == 2 and "No such command 'example-registered'" in result.output
 
@@ -84,4 +106,5 @@ def test_console_script_plugins_json(allow, expect_example):
     assert (EXAMPLE in data) is expect_example
     assert data[0]["name"] == DEFAULT_PLUGINS[0]
     if allow is not None:
-        assert [p["name"] for p in data] == [*DEFAULT_PLUGINS, "models"]
+        loaded = [p["name"] for p in data if p["status"] == "loaded"]
+        assert loaded == [*DEFAULT_PLUGINS, "models"]

@@ -105,9 +105,8 @@ def test_reset_applies_a_new_allowlist(monkeypatch):
 
 def test_loads_once(monkeypatch):
     calls = []
-    real = manager_module.plugin_entry_points
-    monkeypatch.setattr(manager_module, "plugin_entry_points",
-                        lambda: calls.append(1) or real())
+    real = manager_module.discover_plugins
+    monkeypatch.setattr(manager_module, "discover_plugins", lambda: calls.append(1) or real())
     pm = get_plugin_manager()
     assert get_plugin_manager() is pm
     pm.load()

@@ -46,18 +46,20 @@ def cli() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
-    """List the loaded plugins: name, distribution, version and hooks."""
+    """List the plugins: name, distribution, version, hooks and the names each registered;
+    failed and disabled plugins with the reason."""
+    from octavo.plugins.report import all_plugins, describe
+
     try:
-        infos = list(get_plugin_manager().plugins.values())
+        pm = get_plugin_manager()
     except PluginError as exc:
         raise click.ClickException(str(exc)) from exc
+    infos = all_plugins(pm)
     if as_json:
         click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
         return
     for info in infos:
-        click.echo(f"{info.name}  ({info.distribution} {info.version})")
-        for hook in info.hooks or ["(no hooks)"]:
-            click.echo(f"    {hook}")
+        click.echo("\n".join(describe(pm, info)))
 
 
 def main() -> None:

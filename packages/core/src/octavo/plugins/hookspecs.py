@@ -2,22 +2,26 @@
 
 Every ``register_*`` hook receives a ``register`` callable. A plugin calls it once per thing it
 provides: ``register(name, ref)`` where ``ref`` is either the class itself or a string reference
-``"package.module:Attribute"`` that is imported only when first used. The interface each hook's
+``"package.module:Attribute"`` that is imported only when first used;
+``register(name, ref, override=True)`` replaces a name another plugin registered (logged). The interface each hook's
 classes must implement is in ``octavo.plugins.manager.REGISTRY_HOOKS``; docs/plugins.md documents
 every hook (a test checks that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
 hookspec = pluggy.HookspecMarker("octavo")
 hookimpl = pluggy.HookimplMarker("octavo")
 
-Register = Callable[[str, Any], None]
+
+class Register(Protocol):
+    """The callable every ``register_*`` hook receives."""
+
+    def __call__(self, name: str, ref: Any, override: bool = False) -> None: ...
 
 
 @hookspec

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class PluginError(Exception):
@@ -26,6 +29,7 @@ class Entry:
     ref: Any
     plugin: str
     distribution: str
+    replaces: Entry | None = None  # the entry this one overrode (``override=True``)
     _loaded: Any = field(default=None, repr=False)
 
     @property
@@ -60,18 +64,35 @@ class Registry:
         self.check = check
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, ref: Any, plugin: str, distribution: str) -> None:
-        """Record ``name -> ref`` for ``plugin``; a duplicate or malformed entry is a PluginError."""
+    def add(self, name: str, ref: Any, plugin: str, distribution: str,
+            override: bool = False) -> None:
+        """Record ``name -> ref`` for ``plugin``; a malformed entry is a PluginError.
+
+        A name already registered is a PluginError unless ``override`` is true: then the new
+        entry replaces the old one in its place (logged at INFO), keeping the registry's order.
+        """
         where = origin(plugin, distribution)
+        self.check_form(name, ref, where)
+        old = self._entries.get(name)
+        if old is not None and not override:
+            raise PluginError(f"{self.kind} {name!r} registered twice: by {old.origin} and by "
+                              f"{where} (pass override=True to replace it)")
+        if old is not None:
+            logger.info("%s %r of %s is overridden by %s", self.kind, name, old.origin, where)
+        self._entries[name] = Entry(name, ref, plugin, distribution, replaces=old)
+
+    def check_form(self, name: Any, ref: Any, where: str) -> None:
+        """Raise a PluginError unless ``name`` is a non-empty string and a string ``ref`` has a
+        colon (``where`` names the plugin)."""
         if not isinstance(name, str) or not name:
             raise PluginError(f"{where} registered a {self.kind} with an invalid name {name!r}")
         if isinstance(ref, str) and ":" not in ref:
             raise PluginError(f"{where} registered {self.kind} {name!r} as {ref!r}, which is not "
                               "of the form 'package.module:Attribute'")
-        if name in self._entries:
-            raise PluginError(f"{self.kind} {name!r} registered twice: by "
-                              f"{self._entries[name].origin} and by {where}")
-        self._entries[name] = Entry(name, ref, plugin, distribution)
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (the manager undoes a failed plugin's registrations with this)."""
+        del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
