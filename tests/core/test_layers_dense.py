@@ -62,11 +62,33 @@ def test_packed_weight_matches_f_linear(monkeypatch, provider, rows, shape, bias
                                atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                         and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="oneDNN has no bfloat16 path on this CPU")
+@pytest.mark.parametrize("rows", [1, 16, 37])
+@pytest.mark.parametrize("shape", [(96, 64), (1536, 576)])
+def test_packed_bfloat16_weight_matches_f_linear(monkeypatch, rows, shape):
+    """On CPUs with a bfloat16 path (AVX-512 BW/VL/DQ, AMX) bfloat16 weights are packed too and
+    agree with the float32 product of the same bfloat16 values to bfloat16's precision."""
+    monkeypatch.setenv(LAYER_OPS_ENV, "onednn")
+    g = torch.Generator().manual_seed(rows + shape[0])
+    x = torch.randn(rows, shape[1], generator=g).bfloat16()
+    w = (torch.randn(*shape, generator=g) / shape[1] ** 0.5).bfloat16()
+    b = torch.randn(shape[0], generator=g).bfloat16()
+    packed = pack_dense(w)
+    assert isinstance(packed, OneDnnPackedLinear) and packed.data.is_mkldnn
+    out = dense_linear(x, packed, b)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.linear(x.float(), w.float(), b.float()),
+                               atol=2e-2, rtol=2e-2)
+
+
 @needs_packing
 def test_what_is_not_packed(monkeypatch):
     w = torch.randn(8, 4)
-    assert pack_dense(w.double()) is None  # float32 only
-    assert pack_dense(w.bfloat16()) is None
+    assert pack_dense(w.double()) is None  # float32, and bfloat16 where oneDNN has a path
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert pack_dense(w.bfloat16()) is None
     assert pack_dense(torch.randn(8)) is None
     monkeypatch.setenv(LAYER_OPS_ENV, "torch")
     assert pack_dense(w) is None

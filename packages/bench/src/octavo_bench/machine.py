@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from octavo.cpu import cpu_flags, cpu_model
+
 MiB = 1 << 20
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -20,35 +22,6 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except OSError:
         return 0.0
-
-
-# The instruction-set extensions that decide which kernels and dtypes are fast.
-NOTABLE_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                     "amx_tile", "amx_bf16", "amx_int8")
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``platform.processor()`` where /proc/cpuinfo is missing)."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """Which of :data:`NOTABLE_CPU_FLAGS` this CPU has."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in NOTABLE_CPU_FLAGS if flag in present]
-    return []
 
 
 def machine_info() -> dict[str, object]:

@@ -4,9 +4,10 @@
 ``pack_linear`` layer op (see :mod:`octavo.layers.layer_ops`); the provider chosen for the
 weight's device and dtype returns a :class:`PackedLinear` (the weight in the layout its product
 kernel streams, and that product), and the layer keeps only that copy. Core's own provider,
-``onednn``, packs float32 CPU weights for oneDNN's linear (the path inductor takes with
-``freezing``; torch's default CPU product can run a slow generic path on AMD processors and
-repacks the weight on every call); ``octavo-kernels-cpu`` registers a faster one. A packed
+``onednn``, packs float32 CPU weights, and bfloat16 ones where this CPU has a bfloat16 path,
+for oneDNN's linear (the path inductor takes with ``freezing``; torch's default CPU product can
+run a slow generic path on AMD processors and repacks the weight on every call);
+``octavo-kernels-cpu`` registers a faster one. A packed
 weight is opaque: code that reads its values fails loudly, never silently.
 ``OCTAVO_LAYER_OPS=torch`` turns packing off (plain ``F.linear``). Measurements:
 docs/benchmarks.md ("Dense products") and packages/kernels-cpu/README.md.
@@ -90,23 +91,25 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor | PackedLinear,
 
 
 class OneDnnPackedLinear(PackedLinear):
-    """A float32 CPU weight in oneDNN's packed layout (an opaque mkldnn tensor)."""
+    """A CPU weight in oneDNN's packed layout (an opaque mkldnn tensor)."""
 
     def product(self, x, bias):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.data, bias, "none", [], "")
 
 
 class OneDnnLayerOps(LayerOps):
-    """Core's ``pack_linear`` for float32 CPU weights: oneDNN's packed product."""
+    """Core's ``pack_linear`` for CPU weights: oneDNN's packed product, for float32 always and
+    for bfloat16 where oneDNN has a bfloat16 path on this CPU (AVX512-BW/VL/DQ, AVX-NE-CONVERT
+    or AMX)."""
 
     name = "onednn"
     priority = 0
     supported_devices = ("cpu",)
-    supported_dtypes = (torch.float32,)
+    supported_dtypes = (torch.float32, torch.bfloat16)
 
     @classmethod
     def supports(cls, op, device, dtype):
-        return super().supports(op, device, dtype) and _packed_product_works()
+        return super().supports(op, device, dtype) and _packed_product_works(dtype)
 
     @staticmethod
     def pack_linear(weight: torch.Tensor) -> PackedLinear | None:
@@ -114,23 +117,33 @@ class OneDnnLayerOps(LayerOps):
         return OneDnnPackedLinear(data, weight.shape[0], weight.shape[1])
 
 
+# how close the packed product must come to F.linear (computed in float32) in the self-check
+_SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
+
+
 @cache
-def _packed_product_works() -> bool:
-    """oneDNN's packed product exists in this torch build and agrees with ``F.linear`` on a
-    random product (checked once per process)."""
+def _packed_product_works(dtype: torch.dtype) -> bool:
+    """oneDNN's packed product exists in this torch build for ``dtype`` on this CPU and agrees
+    with ``F.linear`` on a random product (checked once per process and dtype)."""
     if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     try:
         generator = torch.Generator().manual_seed(0)
-        weight = torch.randn(40, 24, generator=generator)
-        x = torch.randn(5, 24, generator=generator)
-        bias = torch.randn(40, generator=generator)
+        weight = torch.randn(40, 24, generator=generator).to(dtype)
+        x = torch.randn(5, 24, generator=generator).to(dtype)
+        bias = torch.randn(40, generator=generator).to(dtype)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
         got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-        ok = torch.allclose(got, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+        want = F.linear(x.float(), weight.float(), bias.float())
+        tolerance = _SELF_CHECK_TOLERANCE[dtype]
+        ok = torch.allclose(got.float(), want, rtol=tolerance, atol=tolerance)
     except (AttributeError, RuntimeError) as exc:
-        logger.info("oneDNN packed linear unavailable (%s); using torch's product", exc)
+        logger.info("oneDNN packed linear unavailable for %s (%s); using torch's product",
+                    dtype, exc)
         return False
     if not ok:
-        logger.warning("oneDNN packed linear disagrees with F.linear; using torch's product")
+        logger.warning("oneDNN packed linear disagrees with F.linear for %s; using torch's "
+                       "product", dtype)
     return ok

@@ -22,6 +22,7 @@ from torch import nn
 
 from octavo.attention import select_attention_backend
 from octavo.config import ModelSettings
+from octavo.cpu import fastest_cpu_dtype
 from octavo.model_loader import gguf_cache
 from octavo.model_loader.source import ModelSource, demo_model_path, resolve_model_source
 from octavo.model_loader.weights import WeightFormat
@@ -164,11 +165,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, config: Any) -> torch.dtype:
-    """``auto``: float32 on CPU; on CUDA the checkpoint's float16/bfloat16, else bfloat16."""
+    """``auto``: on the CPU the dtype whose products this CPU runs fastest
+    (:func:`octavo.cpu.fastest_cpu_dtype`: bfloat16 only where it has bf16 product
+    instructions and bfloat16 measures faster); on CUDA the checkpoint's float16/bfloat16, else
+    bfloat16."""
     if dtype != "auto":
         return _DTYPES[dtype]
     if device.type == "cpu":
-        return torch.float32
+        return fastest_cpu_dtype().dtype
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(stored, str):
         stored = _DTYPES.get(stored)
