@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 BlockHash = bytes
@@ -38,6 +38,9 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
         self._cached: dict[BlockHash, Block] = {}
+        # Called with ``(block_id, hash)`` of cached blocks an allocation is about to reuse,
+        # while they still hold their contents (a swap tier keeps them).
+        self.on_evict: Callable[[list[tuple[int, BlockHash]]], None] | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -55,12 +58,16 @@ class BlockPool:
         """Take ``n`` blocks from the head of the free queue, evicting their cached contents."""
         if n > len(self._free):
             raise RuntimeError(f"asked for {n} blocks, {len(self._free)} free")
-        taken = []
+        taken, evicted = [], []
         for _ in range(n):
             _, block = self._free.popitem(last=False)
+            if block.block_hash is not None and self._cached.get(block.block_hash) is block:
+                evicted.append((block.block_id, block.block_hash))
             self._uncache(block)
             block.ref_cnt = 1
             taken.append(block)
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
         return taken
 
     def touch(self, blocks: Sequence[Block]) -> None:

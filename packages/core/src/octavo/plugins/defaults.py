@@ -22,6 +22,7 @@ def register_kv_cache_managers(register):
 @hookimpl
 def register_swappers(register):
     register("host", "octavo.kv_cache.swapper:HostSwapper")
+    register("disk", "octavo.kv_cache.swapper:DiskSwapper")
 
 
 @hookimpl
