@@ -45,6 +45,13 @@ class CacheSettings(BaseSettings):
     enable_prefix_caching: bool = True
     kv_cache_manager: str = "paged"
     num_gpu_blocks_override: int | None = Field(None, gt=0, description="Exact block count.")
+    swap_space_gib: float = Field(
+        0, ge=0, description="Size of the swap tier that holds preempted requests' blocks and "
+        "cached prefix blocks evicted from the device pool; 0: no tier.")
+    kv_offload: str = Field("host", description="Which registered swapper holds the tier: "
+                            "host (RAM, pinned on CUDA) or disk (a file under kv_offload_dir).")
+    kv_offload_dir: str | None = Field(
+        None, description="Folder of the disk tier's file; None: the system's temporary folder.")
 
 
 class SchedulerSettings(BaseSettings):
@@ -60,8 +67,12 @@ class SchedulerSettings(BaseSettings):
         512, gt=0, description="Most prompt tokens of one request per step (chunked prefill), "
         "so a long prompt lets short requests in every step; None: the whole budget. "
         "512: docs/benchmarks.md, 'Head-of-line blocking'.")
+    preemption_mode: Literal["auto", "swap", "recompute"] = Field(
+        "auto", description="What a preempted request's KV blocks become: swapped out to the "
+        "tier (swap_space_gib) and back, recomputed, or auto: swap when the measured copy "
+        "costs less than recomputing (recompute without a tier).")
 
-    @field_validator("scheduler")
+    @field_validator("preemption_mode", mode="before")
     @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value

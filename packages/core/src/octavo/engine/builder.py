@@ -10,8 +10,12 @@ import torch
 from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
 from octavo.engine.engine_core import EngineCore
 from octavo.engine.model_runner import ModelRunner, allocate_kv_caches
-from octavo.modeling import KVCacheSpec
-from octavo.plugins import kv_cache_managers, schedulers
+from octavo.engine.preemption import PreemptionPolicy, make_preemption_policy
+from octavo.kv_cache.manager import KVCacheManager
+from octavo.kv_cache.swapper import TierUnavailable
+from octavo.kv_cache.tier import KVTier
+from octavo.modeling import KVCaches, KVCacheSpec
+from octavo.plugins import kv_cache_managers, schedulers, swappers
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +71,46 @@ def build_engine_core(loaded, cache: CacheSettings, sched: SchedulerSettings,
                                    loaded.device)
     manager = kv_cache_managers().get(cache.kv_cache_manager)(
         num_blocks, cache.block_size, enable_prefix_caching=cache.enable_prefix_caching)
+    tier = build_tier(cache, kv_caches, manager)
     scheduler = schedulers().get(sched.scheduler)(
         manager, max_num_batched_tokens=sched.max_num_batched_tokens,
         max_num_seqs=sched.max_num_seqs, max_model_len=max_model_len,
         enable_chunked_prefill=sched.enable_chunked_prefill,
-        long_prefill_token_threshold=sched.long_prefill_token_threshold)
+        long_prefill_token_threshold=sched.long_prefill_token_threshold,
+        preemption=build_preemption_policy(sched.preemption_mode, tier, cache.block_size))
     runner = ModelRunner(loaded.model, kv_caches, cache.block_size, loaded.device)
     return EngineCore(scheduler, runner)
+
+
+def build_tier(cache: CacheSettings, kv_caches: KVCaches,
+               manager: KVCacheManager) -> KVTier | None:
+    """The swap tier ``swap_space_gib`` asks for, from the ``kv_offload`` swapper, attached to
+    the manager; None (recompute only) with a warning when it cannot be set up."""
+    if not cache.swap_space_gib:
+        return None
+    swapper_class = swappers().get(cache.kv_offload)
+    block_bytes = sum(c[0].numel() * c.element_size() for layer in kv_caches for c in layer)
+    num_blocks = int(cache.swap_space_gib * GiB) // block_bytes
+    if num_blocks <= 0:
+        logger.warning("swap_space_gib=%s holds no KV block (%d bytes each): no swap tier",
+                       cache.swap_space_gib, block_bytes)
+        return None
+    try:
+        tier = KVTier(swapper_class(kv_caches, num_blocks, directory=cache.kv_offload_dir))
+        manager.attach_tier(tier)
+    except (TierUnavailable, NotImplementedError) as exc:
+        logger.warning("no swap tier, preempted requests are recomputed: %s", exc)
+        return None
+    logger.info("swap tier %r: %d blocks (%.2f GiB)", cache.kv_offload, num_blocks,
+                num_blocks * block_bytes / GiB)
+    return tier
+
+
+def build_preemption_policy(mode: str, tier: KVTier | None, block_size: int) -> PreemptionPolicy:
+    """The ``preemption_mode`` policy; ``auto`` measures the tier's copy bandwidth now."""
+    bandwidth = tier.swapper.measure_bandwidth() if tier is not None and mode == "auto" else None
+    if bandwidth:
+        logger.info("swap tier round trip: %.2f GB/s", bandwidth / 1e9)
+    return make_preemption_policy(mode, copy_bytes_per_s=bandwidth,
+                                  block_bytes=tier.block_bytes if tier else 0,
+                                  block_size=block_size)

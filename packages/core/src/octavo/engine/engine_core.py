@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from octavo.engine.model_runner import ModelRunner
@@ -38,14 +39,20 @@ class EngineCore:
     def stats(self) -> EngineStats:
         counts = self.scheduler.request_counts()
         kv_cache = self.scheduler.kv_cache
+        preemptions = self.scheduler.preemption_counts()
         return EngineStats(
             num_running=counts.running, num_waiting=counts.waiting, num_swapped=counts.swapped,
             num_kv_blocks=kv_cache.num_blocks, num_free_kv_blocks=kv_cache.num_free_blocks,
-            block_size=kv_cache.block_size, kv_cache_usage=kv_cache.usage())
+            block_size=kv_cache.block_size, kv_cache_usage=kv_cache.usage(),
+            num_preemptions_swap=preemptions.get("swap", 0),
+            num_preemptions_recompute=preemptions.get("recompute", 0),
+            swap=kv_cache.swap_stats())
 
     def step(self) -> list[EngineCoreOutput]:
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return scheduled.finished
+        start = time.perf_counter()
         result = self.runner.execute(scheduled)
+        self.scheduler.observe_step(scheduled.num_tokens, time.perf_counter() - start)
         return self.scheduler.update(scheduled, result)

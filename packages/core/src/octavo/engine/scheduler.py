@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from octavo.engine.outputs import EngineCoreOutput, RunnerOutput, ScheduledRequest, SchedulerOutput
+from octavo.engine.preemption import PreemptionPolicy, RecomputePreemption
 from octavo.engine.request_queue import FCFSQueue, PriorityQueue, RequestQueue
 from octavo.kv_cache.manager import CachedPrefix, KVCacheManager
 from octavo.request import Request, RequestStatus
@@ -36,12 +37,17 @@ class Scheduler(ABC):
         long_prefill_token_threshold: with chunked prefill, one request's prompt takes at most
             this many tokens of a step (None: the whole budget), so a long prompt leaves
             room for the others every step instead of holding them back until it is done.
+        preemption: what a preempted request's blocks become (``octavo.engine.preemption``:
+            recomputed, the default, swapped out to the cache manager's tier, or chosen by
+            cost).
     """
 
     def __init__(self, kv_cache: KVCacheManager, *, max_num_batched_tokens: int,
                  max_num_seqs: int, max_model_len: int, enable_chunked_prefill: bool = True,
-                 long_prefill_token_threshold: int | None = None):
+                 long_prefill_token_threshold: int | None = None,
+                 preemption: PreemptionPolicy | None = None):
         self.kv_cache = kv_cache
+        self.preemption = preemption or RecomputePreemption()
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
@@ -93,6 +99,14 @@ class Scheduler(ABC):
         """Forget every cached prefix; callers make sure no request is in flight."""
         self.kv_cache.reset_prefix_cache()
 
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        """The engine ran a step of ``num_tokens`` tokens in ``seconds`` (for cost models)."""
+        self.preemption.observe_step(num_tokens, seconds)
+
+    def preemption_counts(self) -> dict[str, int]:
+        """Preemptions since start-up by mode (``swap``, ``recompute``)."""
+        return dict(self.preemption.counts)
+
     def chunk_size(self, num_new: int, budget: int, in_prompt: bool) -> int:
         """Tokens a request with ``num_new`` to compute gets this step from ``budget``: a
         prompt chunk is capped by ``long_prefill_token_threshold`` (with chunked prefill)."""
@@ -129,8 +143,8 @@ class ContinuousBatchingScheduler(Scheduler):
     """Running requests first, then waiting ones, under a per-step token budget.
 
     Long prompts are chunked. When blocks run out the queue policy picks a running request to
-    preempt; it frees its blocks and is recomputed later (the prefix cache often makes that
-    cheap). Requests with ``n > 1`` siblings fork the prompt's blocks once it is computed.
+    preempt; the preemption policy swaps its blocks out to the cache manager's tier or frees
+    them to be recomputed later (the prefix cache often makes that cheap). Requests with ``n > 1`` siblings fork the prompt's blocks once it is computed.
     """
 
     queue_class: type[RequestQueue] = FCFSQueue
@@ -171,8 +185,10 @@ class ContinuousBatchingScheduler(Scheduler):
         return bool(self.requests)
 
     def request_counts(self) -> RequestCounts:
+        swapped = self.kv_cache.num_swapped_requests  # they wait in the queue to resume
         return RequestCounts(running=len(self.running),
-                             waiting=len(self.waiting) + self.num_unforked)
+                             waiting=len(self.waiting) - swapped + self.num_unforked,
+                             swapped=swapped)
 
     # -- scheduling -------------------------------------------------------------------------
     def schedule(self):
@@ -260,9 +276,11 @@ class ContinuousBatchingScheduler(Scheduler):
         return released
 
     def _preempt(self, request: Request) -> None:
+        """Take a running request off the device: the policy swaps its blocks out (it keeps
+        its progress; ``allocate_slots`` swaps them in when it is admitted again) or frees
+        them (it recomputes)."""
         self.running.remove(request)
-        self.kv_cache.free(request)
-        request.num_computed_tokens = 0
+        self.preemption.preempt(request, self.kv_cache)
         request.num_preemptions += 1
         request.status = RequestStatus.PREEMPTED
         self.waiting.add_front(request)

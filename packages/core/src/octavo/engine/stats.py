@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from octavo.kv_cache.tier import SwapStats
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,6 @@ class EngineStats:
     num_free_kv_blocks: int
     block_size: int
     kv_cache_usage: float  # fraction of blocks in use
+    num_preemptions_swap: int = 0  # since start-up
+    num_preemptions_recompute: int = 0
+    swap: SwapStats = field(default_factory=SwapStats)  # the swap tier's blocks and traffic
