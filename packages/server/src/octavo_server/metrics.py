@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from octavo.outputs import RequestOutput
@@ -48,12 +48,62 @@ class EngineGauges(Collector):
             yield family
 
 
+class SwapMetrics(Collector):
+    """The swap tier's occupancy and traffic, and preemptions by mode, read at scrape time
+    from ``EngineStats`` (counters since the engine started)."""
+
+    GAUGES = {
+        "kv_tier_blocks": ("Blocks in the swap tier (swap_space_gib; 0: none).",
+                           "num_tier_blocks"),
+        "kv_tier_free_blocks": ("Swap tier blocks free (cached prefixes count as free).",
+                                "num_free_tier_blocks"),
+    }
+    COUNTERS = {
+        "kv_blocks_swapped_out": ("KV blocks copied from the device pool to the swap tier.",
+                                  "blocks_swapped_out"),
+        "kv_blocks_swapped_in": ("KV blocks copied from the swap tier back to the device.",
+                                 "blocks_swapped_in"),
+        "kv_swap_out_bytes": ("Bytes copied to the swap tier.", "bytes_swapped_out"),
+        "kv_swap_in_bytes": ("Bytes copied back from the swap tier.", "bytes_swapped_in"),
+        "kv_tier_prefix_blocks_offloaded": (
+            "Cached prefix blocks kept in the swap tier when the device pool evicted them.",
+            "prefix_blocks_offloaded"),
+        "kv_tier_prefix_hits": ("Prefix blocks of new requests served from the swap tier.",
+                                "tier_prefix_hits"),
+    }
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = {model.name: model.stats() for model in self.manager}
+        for name, (doc, attr) in self.GAUGES.items():
+            family = GaugeMetricFamily(f"octavo_{name}", doc, labels=["model_name"])
+            for model_name, snapshot in stats.items():
+                family.add_metric([model_name], float(getattr(snapshot.swap, attr)))
+            yield family
+        for name, (doc, attr) in self.COUNTERS.items():
+            family = CounterMetricFamily(f"octavo_{name}", doc, labels=["model_name"])
+            for model_name, snapshot in stats.items():
+                family.add_metric([model_name], float(getattr(snapshot.swap, attr)))
+            yield family
+        family = CounterMetricFamily("octavo_preemptions_by_mode",
+                                     "Preemptions by what became of the KV blocks.",
+                                     labels=["model_name", "mode"])
+        for model_name, snapshot in stats.items():
+            family.add_metric([model_name, "swap"], float(snapshot.num_preemptions_swap))
+            family.add_metric([model_name, "recompute"],
+                              float(snapshot.num_preemptions_recompute))
+        yield family
+
+
 class ServerMetrics:
     """The app's own registry (so several apps in one process never collide)."""
 
     def __init__(self, manager: ModelManager) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(EngineGauges(manager))
+        self.registry.register(SwapMetrics(manager))
         label = ["model_name"]
 
         def counter(name: str, doc: str, labels=label) -> Counter:
