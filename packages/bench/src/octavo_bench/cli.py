@@ -1,5 +1,5 @@
 """The ``octavo bench`` command group: ``throughput``, ``latency``, ``interference``,
-``serve`` and ``plot``."""
+``multiturn``, ``serve`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import statistics
 import tempfile
 from typing import Any
 
@@ -356,6 +357,81 @@ def interference(model, long_len, short_len, num_short, thresholds, threads, as_
                                     r["short_ttft_max_s"], r["short_wait_steps"],
                                     r["long_ttft_s"], r["total_s"]] for r in rows])
     emit(report, f"{table}\n{format_machine(machine)}", as_json=as_json, output=output)
+
+
+@bench.command()
+@click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@click.option("--conversations", type=int, default=32, show_default=True)
+@click.option("--turns", type=int, default=4, show_default=True)
+@click.option("--first-len", type=int, default=256, show_default=True,
+              help="Tokens of each conversation's first user message.")
+@click.option("--user-len", type=int, default=32, show_default=True,
+              help="Tokens of each later user message.")
+@click.option("--output-len", type=int, default=32, show_default=True,
+              help="Tokens of each answer.")
+@click.option("--concurrency", type=int, default=8, show_default=True,
+              help="Conversations in flight at once within a round of turns.")
+@click.option("--tiers", default="none,host", show_default=True,
+              help="Swap tiers to compare, one engine each: none, host, disk.")
+@click.option("--tier-gib", type=float, default=2.0, show_default=True,
+              help="swap_space_gib of the host and disk tiers.")
+@click.option("--threads", type=int, default=None, help="Torch threads.")
+@output_options
+@engine_options
+def multiturn(model, conversations, turns, first_len, user_len, output_len, concurrency, tiers,
+              tier_gib, threads, as_json, output, progress, **options):
+    """Multi-turn chat whose earlier turns were evicted from the device pool: later turns'
+    time to first token and the throughput, with a swap tier against without (one run each).
+    Without --num-gpu-blocks-override or --kv-cache-memory-gib, the device pool holds one
+    wave of conversations but not all of them."""
+    from octavo.entrypoints.llm import LLM
+    from octavo_bench.machine import load_average, machine_info
+    from octavo_bench.multiturn import TIERS, MultiTurnWorkload, compare_tiers
+    from octavo_bench.multiturn import default_pool_tokens as pool_tokens
+    from octavo_bench.report import emit
+
+    names = [t.strip().lower() for t in tiers.split(",") if t.strip()]
+    if not names or set(names) - set(TIERS):
+        raise click.UsageError(f"--tiers takes some of {', '.join(TIERS)}; got {tiers!r}")
+    try:
+        workload = MultiTurnWorkload(conversations, turns, first_len, user_len, output_len,
+                                     concurrency)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    options = engine_kwargs(options)
+    if "num_gpu_blocks_override" not in options and "kv_cache_memory_gib" not in options:
+        block_size = options.get("block_size", 16)
+        options["num_gpu_blocks_override"] = -(-pool_tokens(workload) // block_size)
+    threads = set_threads(threads)
+    machine = {**machine_info(), "load_before": load_average()}
+
+    def factory(**tier_options):
+        try:
+            return LLM(model, **{**options, **tier_options})
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+
+    rows = compare_tiers(factory, workload, names, tier_gib)
+    machine["load_after"] = load_average()
+    emit({"benchmark": "multiturn", "workload": vars(workload), "threads": threads,
+          "engine_options": options, "tier_gib": tier_gib, "machine": machine, "results": rows},
+         format_multiturn(rows, machine), as_json=as_json, output=output)
+
+
+def format_multiturn(rows, machine) -> str:
+    from octavo_bench.report import format_machine, format_table
+
+    headers = ["tier", "turn-1 TTFT p50 s", "later TTFT p50 s", "later TTFT mean s",
+               "later speedup", "cached (later turns)", "total s", "out tok/s", "same tokens",
+               "blocks in"]
+    table = format_table(headers, [[
+        r["tier"], r["first_turn_ttft_p50_s"], r["later_turns_ttft_p50_s"],
+        r["later_turns_ttft_mean_s"], r["later_ttft_speedup_vs_first"],
+        statistics.fmean(v for t, v in r["cached_fraction_by_turn"].items() if t > 1)
+        if len(r["cached_fraction_by_turn"]) > 1 else None,
+        r["total_s"], r["output_tokens_per_s"], r["same_tokens_as_first"],
+        r["swap"]["blocks_swapped_in"]] for r in rows])
+    return f"{table}\n{format_machine(machine)}"
 
 
 @bench.command()
