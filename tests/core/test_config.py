@@ -109,11 +109,17 @@ def test_documented_examples(monkeypatch):
     monkeypatch.setenv("OCTAVO_BLOCK_SIZE", "32")
     monkeypatch.setenv("OCTAVO_ENABLE_PREFIX_CACHING", "0")
     monkeypatch.setenv("OCTAVO_DTYPE", "bfloat16")
-    monkeypatch.setenv("OCTAVO_SCHEDULER", "Priority")
+    monkeypatch.setenv("OCTAVO_SCHEDULER", "priority")
     cache = config.CacheSettings()
     assert (cache.block_size, cache.enable_prefix_caching) == (32, False)
     assert config.ModelSettings().dtype == "bfloat16"
     assert config.SchedulerSettings().scheduler == "priority"
+
+
+def test_component_names_keep_their_case(monkeypatch):
+    """A plugin's "MyScheduler" reaches the registry as written (checked there, not here)."""
+    monkeypatch.setenv("OCTAVO_SCHEDULER", "MyScheduler")
+    assert config.SchedulerSettings().scheduler == "MyScheduler"
 
 
 def test_keywords_override_env(monkeypatch):

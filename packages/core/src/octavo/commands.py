@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import types
 import typing
 from typing import Any, Literal
@@ -13,6 +14,25 @@ from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
 from octavo.plugins.hookspecs import hookimpl
 
 ENGINE_SETTINGS = (ModelSettings, CacheSettings, SchedulerSettings)
+
+# Loggers of Octavo's own distributions, shown at --log-level in generate and chat (others
+# stay at WARNING, so transformers' INFO chatter does not bury the engine's).
+OCTAVO_LOGGERS = ("octavo", "octavo_models", "octavo_cpu", "octavo_triton", "octavo_cuda",
+                  "octavo_quant")
+
+
+def show_engine_logs(level: str) -> None:
+    """Print WARNINGs of every library, and Octavo's own records from ``level`` up, to stderr:
+    which backend, scheduler and cache manager the engine chose and why, a kernel compiling."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    for name in OCTAVO_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+
+
+def log_level_option(func):
+    return click.option("--log-level", default="info", show_default=True,
+                        type=click.Choice(["debug", "info", "warning", "error"]),
+                        help="Octavo's log records on stderr (others from WARNING).")(func)
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
@@ -71,10 +91,12 @@ def sampling_options(func):
 @click.command()
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
+@log_level_option
 @sampling_options
 @engine_options
-def generate(prompts, model, params, **options):
+def generate(prompts, model, params, log_level, **options):
     """Complete each PROMPT and print the text."""
+    show_engine_logs(log_level)
     llm = build_llm(model, options)
     try:
         outputs = llm.generate(list(prompts), params)
@@ -87,10 +109,12 @@ def generate(prompts, model, params, **options):
 @click.command()
 @click.option("-m", "--model", default=None, help="Model path or hub id (default: the demo).")
 @click.option("--system", default=None, help="A system prompt.")
+@log_level_option
 @sampling_options
 @engine_options
-def chat(model, system, params, **options):
+def chat(model, system, params, log_level, **options):
     """Chat with the model in the terminal (empty line or Ctrl-D ends)."""
+    show_engine_logs(log_level)
     llm = build_llm(model, options)
     messages = [{"role": "system", "content": system}] if system else []
     while True:

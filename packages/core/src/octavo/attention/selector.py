@@ -22,7 +22,10 @@ def select_attention_backend(
     """
     where = f"device={torch.device(device).type}, dtype={dtype}, head_size={head_size}"
     if name is not None:
-        return _named_backend(name, device, dtype, head_size, where)
+        backend = _named_backend(name, device, dtype, head_size, where)
+        logger.info("attention backend %r for %s (set by --attention-backend / "
+                    "OCTAVO_ATTENTION_BACKEND)", name, where)
+        return backend
     candidates: list[type[AttentionBackend]] = []
     passed_over: list[tuple[str, int | None, str]] = []  # (name, priority, reason)
     registry = attention_backends()
@@ -42,6 +45,8 @@ def select_attention_backend(
         raise ValueError(f"no attention backend supports {where} ({reasons})")
     chosen = max(candidates, key=lambda b: b.priority)
     _log_passed_over(passed_over, chosen, where)
+    logger.info("attention backend %r for %s (priority %d, the highest that supports it; "
+                "--attention-backend chooses another)", chosen.name, where, chosen.priority)
     return chosen
 
 

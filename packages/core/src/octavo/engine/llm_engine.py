@@ -51,8 +51,10 @@ class LLMEngine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
+        from octavo.engine.choices import check_component_names
         from octavo.model_loader.loader import load_model
 
+        check_component_names(config)  # before the model loads: a typo fails at once
         torch.manual_seed(config.model.seed)  # unseeded requests draw from the default generator
         loaded = load_model(config.model)
         core = build_engine_core(loaded, config.cache, config.scheduler, loaded.max_model_len)
