@@ -208,7 +208,7 @@ def test_hook_register_layer_ops(monkeypatch):
     norm.weight.copy_(torch.linspace(0.5, 1.5, 16))
 
     monkeypatch.delenv(LAYER_OPS_ENV, raising=False)
-    assert find_layer_op("rms_norm", x) is None  # negative priority: only when named
+    assert find_layer_op("rms_norm", x) is not cls.rms_norm  # negative priority: only if named
     monkeypatch.setenv(LAYER_OPS_ENV, "example-ops")
     assert find_layer_op("rms_norm", x) is cls.rms_norm
     assert find_layer_op("rms_norm", x.double()) is None  # float64 is not supported

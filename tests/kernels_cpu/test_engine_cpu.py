@@ -39,3 +39,30 @@ def test_cpu_backend_matches_torch(model, request, monkeypatch):
     assert tokens == expected_tokens
     for got, want in zip(logprobs, expected_logprobs):
         assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_cpu_layer_ops_match_torch(tiny_llama, monkeypatch):
+    """The model with octavo_cpu's norm, rotary, SiLU and KV write against the torch code."""
+    import weakref
+
+    from octavo.layers import layer_ops as core_layer_ops
+    from octavo.layers.layer_ops import LAYER_OPS_ENV
+    from octavo_cpu import layer_ops
+
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 128) for _ in range(n)] for n in (1, 7, 33, 90)]
+    monkeypatch.setenv(LAYER_OPS_ENV, "torch")
+    expected_tokens, expected_logprobs = generate(tiny_llama, "cpu", prompts)
+
+    monkeypatch.delenv(LAYER_OPS_ENV)
+    monkeypatch.setattr(core_layer_ops, "_chosen", weakref.WeakKeyDictionary())  # choose anew
+    called = set()
+    for op in ("rms_norm", "fused_add_rms_norm", "rotary", "silu_and_mul"):
+        original = getattr(layer_ops.CpuLayerOps, op)
+        monkeypatch.setattr(layer_ops.CpuLayerOps, op, staticmethod(
+            lambda *a, _op=op, _f=original: called.add(_op) or _f(*a)))
+    tokens, logprobs = generate(tiny_llama, "cpu", prompts)
+    assert called == {"rms_norm", "fused_add_rms_norm", "rotary", "silu_and_mul"}
+    assert tokens == expected_tokens
+    for got, want in zip(logprobs, expected_logprobs):
+        assert got == pytest.approx(want, abs=1e-4)

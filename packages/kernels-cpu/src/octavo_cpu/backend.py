@@ -76,6 +76,7 @@ class CpuAttentionBackend(AttentionBackend):
         self._plan: Callable[[AttentionMetadata], CpuPlan] = (
             sdpa_split_plan if plain else kernel_only_plan)
         self._paged_attention = load_ops().paged_attention
+        self._write_kv_cache = load_ops().write_kv_cache
 
     @classmethod
     def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
@@ -83,7 +84,10 @@ class CpuAttentionBackend(AttentionBackend):
         return super().unsupported_reason(device, dtype, head_size) or missing_toolchain()
 
     def forward(self, query, key, value, key_cache, value_cache, metadata: AttentionMetadata):
-        write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        if key.dtype == key_cache.dtype and key_cache.is_contiguous():  # one C++ op
+            self._write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        else:  # a cache in another dtype (or layout): torch converts and scatters
+            write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
         query = query.contiguous()
         out = torch.empty_like(query)
         plan = metadata.derived(self._plan)  # once per step, shared by the layers

@@ -1,12 +1,19 @@
-"""octavo_cpu's layer ops: the packed float32 dense product of ``csrc/linear.cpp``.
+"""octavo_cpu's layer ops: the packed float32 dense product of ``csrc/linear.cpp`` and the
+C++ RMSNorm, fused add + RMSNorm, rotary and SiLU-and-multiply (``csrc/norm.cpp``,
+``rotary.cpp``, ``activation.cpp``).
 
-Registered through ``register_layer_ops`` above core's oneDNN packing (priority 5 against 0):
-every unquantized float32 linear layer and the LM head on the CPU keep their weight packed by
-:func:`octavo_cpu.dense.pack` and run :func:`octavo_cpu.dense.linear`. Without a compiler the
-provider declines (``supports`` is False) and core's oneDNN packing is used.
+Registered through ``register_layer_ops`` above core's oneDNN packing and torch code
+(priority 5 against 0): every unquantized float32 linear layer and the LM head on the CPU keep
+their weight packed by :func:`octavo_cpu.dense.pack` and run :func:`octavo_cpu.dense.linear`;
+norms, rotary and the gated SiLU run the C++ ops in float32, bfloat16 and float16 (float32
+arithmetic inside). Without a compiler the provider declines (``supports`` is False) and
+core's oneDNN packing and torch code are used.
 """
 
 from __future__ import annotations
+
+from functools import cache
+from typing import Any
 
 import torch
 
@@ -27,15 +34,40 @@ class CpuPackedLinear(PackedLinear):
         return self._linear(x, self.data, self.out_features, bias)
 
 
+@cache
+def _kernels() -> Any:
+    return load_ops()
+
+
 class CpuLayerOps(LayerOps):
     name = "cpu"
     priority = 5
     supported_devices = ("cpu",)
-    supported_dtypes = (torch.float32,)
+    supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
     @classmethod
     def supports(cls, op, device, dtype):
+        if op == "pack_linear" and dtype != torch.float32:  # the product kernel is float32
+            return False
         return super().supports(op, device, dtype) and missing_toolchain() is None
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return _kernels().rms_norm(x, weight, eps)
+
+    @staticmethod
+    def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return _kernels().fused_add_rms_norm(x, residual, weight, eps)
+
+    @staticmethod
+    def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               is_neox_style: bool) -> torch.Tensor:
+        return _kernels().rotary(x, cos, sin, is_neox_style)
+
+    @staticmethod
+    def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+        return _kernels().silu_and_mul(x)
 
     @staticmethod
     def pack_linear(weight: torch.Tensor) -> PackedLinear:

@@ -7,11 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from octavo.layers.layer_ops import find_layer_op
+
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` where ``x = [gate | up]`` on the last dim."""
+    """``silu(gate) * up`` where ``x = [gate | up]`` on the last dim (the torch oracle)."""
     d = x.shape[-1] // 2
     return F.silu(x[..., :d]) * x[..., d:]
+
+
+def fast_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """:func:`silu_and_mul` by a registered faster op for ``x``'s device and dtype if there is
+    one (see :mod:`octavo.layers.layer_ops`), else the torch code."""
+    return (find_layer_op("silu_and_mul", x) or silu_and_mul)(x)
 
 
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -21,8 +29,8 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 _GATED = {
-    "silu": silu_and_mul,
-    "swish": silu_and_mul,
+    "silu": fast_silu_and_mul,
+    "swish": fast_silu_and_mul,
     "gelu_pytorch_tanh": gelu_tanh_and_mul,
 }
 
@@ -31,7 +39,7 @@ class SiluAndMul(nn.Module):
     """``[..., 2 * d] -> [..., d]``: ``silu(x[..., :d]) * x[..., d:]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x)
+        return fast_silu_and_mul(x)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Faster implementations of layer ops (fused RMSNorm, rotary), picked per device and dtype.
+"""Faster implementations of layer ops (fused RMSNorm, rotary, SiLU-and-multiply, dense
+products), picked per device and dtype.
 
 Layers keep their torch code as the oracle and ask :func:`find_layer_op` for a faster one;
 plugins provide them through the ``register_layer_ops`` hook: a :class:`LayerOps` subclass
@@ -37,6 +38,8 @@ LAYER_OPS: dict[str, str] = {
                           "as RMSNorm.forward(x, residual)",
     "rotary": "rotary(x, cos, sin, is_neox_style) -> a new tensor, as "
               "octavo.layers.rotary.apply_rotary",
+    "silu_and_mul": "silu_and_mul(x) -> a new tensor [..., d] from x [..., 2 * d], as "
+                    "octavo.layers.activation.silu_and_mul",
     "pack_linear": "pack_linear(weight) -> an octavo.layers.dense.PackedLinear whose "
                    "(x, bias) equals F.linear(x, weight, bias), or None to leave the weight "
                    "plain",
@@ -78,6 +81,10 @@ class LayerOps:
     @staticmethod
     def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                is_neox_style: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     @staticmethod

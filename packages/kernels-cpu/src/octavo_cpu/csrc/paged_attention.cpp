@@ -20,6 +20,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "cpu_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,25 +30,7 @@
 
 namespace {
 
-// exp(x) for x <= 0 from x = n ln2 + r and a degree-6 polynomial: within 2 ulp of expf, and
-// plain arithmetic the compiler vectorizes (expf itself stays a scalar call).
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-  float p = 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  static_assert(sizeof(scale) == sizeof(bits));
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+using octavo_cpu::exp_nonpositive;
 
 // One SIMD register of floats, by GCC's vector extension: the compiler lowers it to the
 // widest vectors the build's -march offers (16 lanes on AVX-512, two halves of 8 on AVX2).
