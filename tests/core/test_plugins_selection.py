@@ -91,3 +91,10 @@ def test_minus_item_in_the_allowlist_on_the_installed_plugins(monkeypatch):
     monkeypatch.setenv("OCTAVO_PLUGINS", "-example")
     pm = get_plugin_manager()
     assert "example" in pm.disabled and "models" in pm.plugins
+
+
+def test_allowing_the_server_keeps_the_model_families_it_depends_on(monkeypatch):
+    monkeypatch.setenv("OCTAVO_PLUGINS", "server")
+    pm = get_plugin_manager()
+    assert {"server", "models"} <= set(pm.plugins) and "example" in pm.disabled
+    assert "LlamaForCausalLM" in models()
