@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from octavo.layers import UnknownWeightError, default_weight_loader
+from octavo.layers.weight_loading import is_optional
 
 _FIELDS = {"i": r"\d+", "p": r"[A-Za-z_]\w*"}
 DENSE_LEAVES = ("weight", "bias")  # what layout transforms are written for
@@ -111,7 +112,8 @@ def load_mapped_weights(
         except ValueError as exc:
             raise ValueError(f"checkpoint tensor {name!r}: {exc}") from exc
         filled.add((target, rule.shard))
-    missing = missing_checkpoint_names(params, rules, filled)
+    required = [name for name, param in params.items() if not is_optional(param)]
+    missing = missing_checkpoint_names(required, rules, filled)
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
         # the loader's own wording for a checkpoint short of weights, in checkpoint names

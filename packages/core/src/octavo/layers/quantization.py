@@ -9,6 +9,8 @@ checkpoint shard into a merged or tensor-parallel parameter:
   attribute is absent: ``output_dim=0``; ``input_dim=1`` for 2-D parameters, else ``None``.
 - ``packed_dim`` and ``pack_factor``: that dim stores ``pack_factor`` logical values per element
   (for example eight int4 values per int32), so offsets along it are divided by the factor.
+- ``optional``: a checkpoint may omit the parameter (GPTQ's ``g_idx``); the method fills in a
+  default after loading instead of the loader reporting it missing.
 """
 
 from __future__ import annotations

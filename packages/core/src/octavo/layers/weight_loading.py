@@ -9,6 +9,17 @@ from __future__ import annotations
 from torch import nn
 
 
+def is_optional(param: object) -> bool:
+    """Whether a checkpoint may omit ``param`` (its quantization method supplies a default;
+    the ``optional`` loading hint of ``octavo.layers.quantization``)."""
+    return bool(getattr(param, "optional", False))
+
+
+def required_parameter_names(model: nn.Module) -> set[str]:
+    """The names of ``model``'s parameters that every checkpoint must fill."""
+    return {name for name, param in model.named_parameters() if not is_optional(param)}
+
+
 class UnknownWeightError(KeyError):
     """A checkpoint tensor has no parameter to go to."""
 

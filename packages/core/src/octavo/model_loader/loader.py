@@ -23,11 +23,13 @@ from torch import nn
 from octavo.attention import select_attention_backend
 from octavo.config import ModelSettings
 from octavo.cpu import fastest_cpu_dtype
+from octavo.layers.weight_loading import required_parameter_names
 from octavo.model_loader import gguf_cache
+from octavo.model_loader.quant_config import quantization_method_for
 from octavo.model_loader.source import ModelSource, demo_model_path, resolve_model_source
 from octavo.model_loader.weights import WeightFormat
 from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
-from octavo.plugins import models, quantization_methods, weight_formats
+from octavo.plugins import models, weight_formats
 
 __all__ = [
     "LoadedModel", "ModelSource", "build_model", "demo_model_path", "eos_token_ids",
@@ -189,20 +191,6 @@ def model_class(config: Any) -> type[CausalLM]:
     return registry.get(arch)
 
 
-def _quantization(config: Any):
-    quant_config = getattr(config, "quantization_config", None)
-    if not quant_config:
-        return None
-    if not isinstance(quant_config, dict):
-        quant_config = quant_config.to_dict()
-    method = quant_config.get("quant_method")
-    registry = quantization_methods()
-    if method not in registry:
-        raise ValueError(f"quantization method {method!r} is not supported; registered: "
-                         f"{', '.join(sorted(registry)) or 'none'}")
-    return registry.get(method).from_config(quant_config)
-
-
 # -- building and filling the model ---------------------------------------------------------
 @contextmanager
 def _no_random_init(dtype: torch.dtype) -> Iterator[None]:
@@ -266,7 +254,7 @@ def load_weights(model: CausalLM, fmt: WeightFormat, files: list[Path], config: 
             loaded = model.load_weights(tensors)
     except (ValueError, KeyError) as exc:  # a tensor the model refused: name the files too
         raise type(exc)(f"checkpoint {where}: {exc}") from exc
-    missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
+    missing = sorted(required_parameter_names(model) - set(loaded))
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise ValueError(f"checkpoint {where} lacks {len(missing)} model weights: {shown}")
@@ -285,7 +273,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
                                        settings.attention_backend)
     ctx = ModelContext(attention_backend=backend, dtype=dtype, device=device,
-                       quantization=_quantization(config))
+                       quantization=quantization_method_for(config, source.folder))
     fmt, files = find_weight_files(source)  # before building: fail fast on an empty folder
     model = build_model(cls, config, ctx)
     load_weights(model, fmt, files, config)
