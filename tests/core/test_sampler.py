@@ -236,11 +236,28 @@ def test_filters_never_sample_excluded_tokens_in_a_batch(kwargs):
         assert ref_filter(logits[i], params)[token] > float("-inf")
 
 
-def test_exponential_race_picks_the_only_live_token():
-    probs = torch.zeros(4, 10)
-    probs[torch.arange(4), torch.tensor([3, 0, 9, 5])] = 1.0
-    noise = ops.exponential_noise(4, 10, [None] * 4, torch.device("cpu"))
-    assert ops.sample_exponential_race(probs, noise).tolist() == [3, 0, 9, 5]
+def test_inverse_cdf_picks_the_only_live_token_whatever_the_uniform():
+    probs = torch.zeros(5, 10)
+    probs[torch.arange(5), torch.tensor([3, 0, 9, 5, 9])] = 1.0
+    uniforms = torch.tensor([0.0, 0.5, 0.999999, 1 - 2 ** -53, 0.0], dtype=torch.float64)
+    assert ops.sample_inverse_cdf(probs, uniforms).tolist() == [3, 0, 9, 5, 9]
+
+
+def test_inverse_cdf_splits_the_unit_interval_by_probability():
+    """u in [0, 0.2) -> token 1, [0.2, 0.7) -> token 3, [0.7, 1) -> token 4; unnormalised rows
+    are scaled by their sum; zero-probability tokens between them are never chosen."""
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3]] * 6 + [[0.0, 2.0, 0.0, 5.0, 3.0]])
+    uniforms = torch.tensor([0.0, 0.19, 0.2, 0.69, 0.7, 0.99, 0.5], dtype=torch.float64)
+    assert ops.sample_inverse_cdf(probs, uniforms).tolist() == [1, 1, 3, 3, 4, 4, 3]
+
+
+def test_a_tiny_probability_keeps_its_share():
+    """A token far below float32's resolution of the running sum is still reachable."""
+    probs = torch.full((1, 49152), 1.0 / 49152)
+    probs[0, 30000] = 1e-12
+    cdf_before = probs[0, :30000].double().sum()
+    just_inside = (cdf_before + 0.5e-12) / probs.double().sum()
+    assert ops.sample_inverse_cdf(probs, just_inside.reshape(1)).item() == 30000
 
 
 def _ref_logprobs(logits_row: torch.Tensor, token: int, k: int):

@@ -2,8 +2,8 @@
 
 Order per step (vLLM's): logit_bias, min_tokens, repetition penalty, presence/frequency
 penalties; greedy rows then take the argmax, the others apply temperature, top-k, top-p and
-min-p and sample by the exponential race. Logprobs always describe the raw model distribution
-(``log_softmax`` of the logits as given), as vLLM does by default.
+min-p and sample by inverting each row's cumulative distribution. Logprobs always describe the
+raw model distribution (``log_softmax`` of the logits as given), as vLLM does by default.
 """
 
 from __future__ import annotations
@@ -69,9 +69,8 @@ class Sampler:
             index = torch.tensor(random_rows, device=logits.device)
             chosen = [rows[i] for i in random_rows]
             probs = self.filter_logits(processed[index], chosen).softmax(dim=-1)
-            noise = ops.exponential_noise(len(chosen), probs.shape[1],
-                                          [row.generator for row in chosen], logits.device)
-            tokens[index] = ops.sample_exponential_race(probs, noise)
+            uniforms = ops.row_uniforms([row.generator for row in chosen], logits.device)
+            tokens[index] = ops.sample_inverse_cdf(probs, uniforms)
         logprobs: list[TokenLogprobs | None] = [None] * len(rows)
         wanted = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
         if wanted:
