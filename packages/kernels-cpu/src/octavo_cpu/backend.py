@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from octavo.attention.base import AttentionBackend, AttentionMetadata
 from octavo.attention.torch_backend import gather_kv, write_kv_cache
-from octavo_cpu.build import load_ops, missing_toolchain
+from octavo_cpu.build import load_ops, unavailable_reason
 
 # Requests with at least this many new tokens (prefill chunks) run on torch's fused
 # scaled_dot_product_attention over their gathered context; the kernel reads every context
@@ -81,7 +81,7 @@ class CpuAttentionBackend(AttentionBackend):
     @classmethod
     def unsupported_reason(cls, device: torch.device | str, dtype: torch.dtype,
                            head_size: int) -> str | None:
-        return super().unsupported_reason(device, dtype, head_size) or missing_toolchain()
+        return super().unsupported_reason(device, dtype, head_size) or unavailable_reason()
 
     def forward(self, query, key, value, key_cache, value_cache, metadata: AttentionMetadata):
         if key.dtype == key_cache.dtype and key_cache.is_contiguous():  # one C++ op

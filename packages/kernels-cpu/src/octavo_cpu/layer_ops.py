@@ -20,7 +20,7 @@ import torch
 from octavo.layers.dense import PackedLinear
 from octavo.layers.layer_ops import LayerOps
 from octavo_cpu import dense
-from octavo_cpu.build import load_ops, missing_toolchain
+from octavo_cpu.build import load_ops, unavailable_reason
 
 
 class CpuPackedLinear(PackedLinear):
@@ -49,7 +49,7 @@ class CpuLayerOps(LayerOps):
     def supports(cls, op, device, dtype):
         if op == "pack_linear" and dtype != torch.float32:  # the product kernel is float32
             return False
-        return super().supports(op, device, dtype) and missing_toolchain() is None
+        return super().supports(op, device, dtype) and unavailable_reason() is None
 
     @staticmethod
     def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
