@@ -65,3 +65,21 @@ def test_multiturn_command_compares_tiers(folder, tmp_path):
     assert report["machine"]["cpu"]
     bad = CliRunner().invoke(cli, ["bench", "multiturn", "--tiers", "ram"])
     assert bad.exit_code == 2 and "--tiers" in bad.output
+    bad = CliRunner().invoke(cli, ["bench", "multiturn", "--preemption-modes", "never"])
+    assert bad.exit_code == 2 and "--preemption-modes" in bad.output
+
+
+def test_multiturn_command_compares_preemption_modes_under_pressure(folder, tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, [
+        "bench", "multiturn", "-m", str(folder), "--device", "cpu", "--block-size", "4",
+        "--num-gpu-blocks-override", "14", "--conversations", "4", "--turns", "2",
+        "--first-len", "24", "--user-len", "4", "--output-len", "6", "--concurrency", "4",
+        "--tiers", "host", "--preemption-modes", "swap,recompute", "--tier-gib", "0.01",
+        "--no-progress", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    swap, recompute = json.loads(out.read_text())["results"]
+    assert (swap["preemption_mode"], recompute["preemption_mode"]) == ("swap", "recompute")
+    assert swap["preemptions_swap"] > 0 and swap["preemptions_recompute"] == 0
+    assert recompute["preemptions_recompute"] > 0 and recompute["preemptions_swap"] == 0
+    assert recompute["same_tokens_as_first"]

@@ -142,3 +142,19 @@ def test_swap_options_are_validated():
         LLM("unused", preemption_mode="sometimes")
     with pytest.raises(ValueError, match="swap_space_gib"):
         LLM("unused", swap_space_gib=-1)
+
+
+def test_swap_options_reach_the_cli_and_the_environment(monkeypatch):
+    from click.testing import CliRunner
+
+    from octavo.cli import cli
+    from octavo.config import CacheSettings, SchedulerSettings
+
+    result = CliRunner().invoke(cli, ["generate", "--help"])
+    for flag in ("--swap-space-gib", "--kv-offload", "--kv-offload-dir", "--preemption-mode"):
+        assert flag in result.output
+    monkeypatch.setenv("OCTAVO_PREEMPTION_MODE", "SWAP")
+    monkeypatch.setenv("OCTAVO_SWAP_SPACE_GIB", "1.5")
+    monkeypatch.setenv("OCTAVO_KV_OFFLOAD", "disk")
+    assert SchedulerSettings().preemption_mode == "swap"
+    assert (CacheSettings().swap_space_gib, CacheSettings().kv_offload) == (1.5, "disk")

@@ -375,15 +375,19 @@ def interference(model, long_len, short_len, num_short, thresholds, threads, as_
               help="Swap tiers to compare, one engine each: none, host, disk.")
 @click.option("--tier-gib", type=float, default=2.0, show_default=True,
               help="swap_space_gib of the host and disk tiers.")
+@click.option("--preemption-modes", default="auto", show_default=True,
+              help="Preemption modes to compare under each tier (auto, swap, recompute); "
+              "preemption happens when --concurrency conversations overflow the pool.")
 @click.option("--threads", type=int, default=None, help="Torch threads.")
 @output_options
 @engine_options
 def multiturn(model, conversations, turns, first_len, user_len, output_len, concurrency, tiers,
-              tier_gib, threads, as_json, output, progress, **options):
+              tier_gib, preemption_modes, threads, as_json, output, progress, **options):
     """Multi-turn chat whose earlier turns were evicted from the device pool: later turns'
     time to first token and the throughput, with a swap tier against without (one run each).
     Without --num-gpu-blocks-override or --kv-cache-memory-gib, the device pool holds one
     wave of conversations but not all of them."""
+    from octavo.engine.preemption import PREEMPTION_MODES
     from octavo.entrypoints.llm import LLM
     from octavo_bench.machine import load_average, machine_info
     from octavo_bench.multiturn import TIERS, MultiTurnWorkload, compare_tiers
@@ -393,6 +397,11 @@ def multiturn(model, conversations, turns, first_len, user_len, output_len, conc
     names = [t.strip().lower() for t in tiers.split(",") if t.strip()]
     if not names or set(names) - set(TIERS):
         raise click.UsageError(f"--tiers takes some of {', '.join(TIERS)}; got {tiers!r}")
+    modes = [m.strip().lower() for m in preemption_modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(PREEMPTION_MODES):
+        raise click.UsageError(f"--preemption-modes takes some of {', '.join(PREEMPTION_MODES)}"
+                               f"; got {preemption_modes!r}")
+    options.pop("preemption_mode", None)
     try:
         workload = MultiTurnWorkload(conversations, turns, first_len, user_len, output_len,
                                      concurrency)
@@ -411,7 +420,7 @@ def multiturn(model, conversations, turns, first_len, user_len, output_len, conc
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
 
-    rows = compare_tiers(factory, workload, names, tier_gib)
+    rows = compare_tiers(factory, workload, [(t, m) for t in names for m in modes], tier_gib)
     machine["load_after"] = load_average()
     emit({"benchmark": "multiturn", "workload": vars(workload), "threads": threads,
           "engine_options": options, "tier_gib": tier_gib, "machine": machine, "results": rows},
@@ -421,16 +430,17 @@ def multiturn(model, conversations, turns, first_len, user_len, output_len, conc
 def format_multiturn(rows, machine) -> str:
     from octavo_bench.report import format_machine, format_table
 
-    headers = ["tier", "turn-1 TTFT p50 s", "later TTFT p50 s", "later TTFT mean s",
+    headers = ["tier", "preemption", "turn-1 TTFT p50 s", "later TTFT p50 s", "later TTFT mean s",
                "later speedup", "cached (later turns)", "total s", "out tok/s", "same tokens",
-               "blocks in"]
+               "blocks in", "preempted swap/recompute"]
     table = format_table(headers, [[
-        r["tier"], r["first_turn_ttft_p50_s"], r["later_turns_ttft_p50_s"],
+        r["tier"], r["preemption_mode"], r["first_turn_ttft_p50_s"], r["later_turns_ttft_p50_s"],
         r["later_turns_ttft_mean_s"], r["later_ttft_speedup_vs_first"],
         statistics.fmean(v for t, v in r["cached_fraction_by_turn"].items() if t > 1)
         if len(r["cached_fraction_by_turn"]) > 1 else None,
         r["total_s"], r["output_tokens_per_s"], r["same_tokens_as_first"],
-        r["swap"]["blocks_swapped_in"]] for r in rows])
+        r["swap"]["blocks_swapped_in"],
+        f"{r['preemptions_swap']}/{r['preemptions_recompute']}"] for r in rows])
     return f"{table}\n{format_machine(machine)}"
 
 

@@ -121,16 +121,16 @@ def default_pool_tokens(workload: MultiTurnWorkload) -> int:
     return int(1.25 * workload.concurrency * longest)
 
 
-def compare_tiers(llm_factory, workload: MultiTurnWorkload, tiers: list[str],
+def compare_tiers(llm_factory, workload: MultiTurnWorkload, configs: list[tuple[str, str]],
                   tier_gib: float) -> list[dict[str, object]]:
-    """One engine per tier (``none``: no swap tier), each warmed up on other tokens, then the
-    workload; rows with the result, the engine's swap counters and whether the greedy tokens
-    match the first row's."""
+    """One engine per (tier, preemption mode) (tier ``none``: no swap tier), each warmed up
+    on other tokens, then the workload; rows with the result, the engine's swap counters and
+    whether the greedy tokens match the first row's."""
     rows, reference = [], None
-    for tier in tiers:
+    for tier, mode in configs:
         options = ({"swap_space_gib": 0} if tier == "none"
                    else {"swap_space_gib": tier_gib, "kv_offload": tier})
-        llm = llm_factory(**options)
+        llm = llm_factory(preemption_mode=mode, **options)
         vocab = llm.engine.info.vocab_size
         warm = MultiTurnWorkload(num_conversations=2, num_turns=2, first_len=32, user_len=8,
                                  output_len=4, concurrency=2, seed=workload.seed + 1)
@@ -139,7 +139,7 @@ def compare_tiers(llm_factory, workload: MultiTurnWorkload, tiers: list[str],
         result = run_multiturn(llm.engine, workload, vocab)
         stats = llm.engine.stats()
         reference = reference if reference is not None else result.outputs
-        rows.append({"tier": tier, **result.as_dict(),
+        rows.append({"tier": tier, "preemption_mode": mode, **result.as_dict(),
                      "same_tokens_as_first": result.outputs == reference,
                      "num_kv_blocks": stats.num_kv_blocks,
                      "preemptions_swap": stats.num_preemptions_swap,
