@@ -2,8 +2,8 @@
 
 The check runs over the classes collected in this session, so it lives at the top of the test
 tree: it runs with the whole tree (``pytest``, ``pytest tests``), not with one area's folder
-(``pytest tests/models`` leaves out the example plugin's suite). It skips itself when no suite
-class was collected.
+(``pytest tests/models`` leaves out the example plugin's suite). It fails when no suite class
+was collected (a plugin with models but no suite is uncovered, not excused).
 """
 
 from __future__ import annotations
@@ -60,3 +60,12 @@ def test_a_third_party_distribution_checks_its_own_architectures():
     assert registered_architectures("octavo-example-plugin") == {"OctavoExampleForCausalLM"}
     assert_architectures_covered({"OctavoExampleForCausalLM": ["t"]},
                                  distribution="octavo-example-plugin")
+
+
+def test_no_suite_at_all_fails_rather_than_skips():
+    with pytest.raises(AssertionError, match="(?s)'LlamaForCausalLM' is registered but no.*"
+                                             "no ModelConformanceSuite subclass was collected"):
+        assert_architectures_covered({})
+    with pytest.raises(AssertionError, match="'OctavoExampleForCausalLM' is registered"):
+        assert_architectures_covered({}, distribution="octavo-example-plugin")
+    assert_architectures_covered({}, distribution="octavo-core")  # registers no model: fine

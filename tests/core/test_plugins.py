@@ -162,12 +162,35 @@ def test_octavo_testing_is_a_pytest11_plugin(pytestconfig):
     assert pytestconfig.pluginmanager.get_plugin("octavo") is module  # loaded in this session
 
 
-def test_the_pytest_plugin_leaves_torch_unimported_in_other_projects(tmp_path):
-    """Core's pytest11 plugin is active wherever core is installed; a project without gpu
-    tests must not pay for importing torch."""
+def run_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *args, str(folder)], cwd=folder, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_pytest_plugin_leaves_other_projects_alone(tmp_path):
+    """Core's pytest11 plugin is loaded wherever core is installed; a project that did not opt
+    in keeps its own gpu tests running and does not pay for importing torch."""
+    (tmp_path / "conftest.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'gpu: this project means something else')\n")
     (tmp_path / "test_plain.py").write_text(
-        "import sys\n\ndef test_plain():\n    assert 'torch' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+        "import sys\n\nimport pytest\n\n\ndef test_plain():\n"
+        "    assert 'torch' not in sys.modules\n\n\n@pytest.mark.gpu\ndef test_own_gpu():\n"
+        "    assert 'torch' not in sys.modules\n")
+    result = run_pytest(tmp_path, "--strict-markers")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_the_pytest_plugin_acts_in_a_project_that_opts_in(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\noctavo_testing = true\n")
+    (tmp_path / "test_gpu.py").write_text(
+        "import pytest\n\n\n@pytest.mark.gpu\ndef test_needs_cuda():\n    pass\n\n\n"
+        "@pytest.mark.slow\ndef test_slow():\n    pass\n")
+    result = run_pytest(tmp_path, "--strict-markers", "-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    import torch
+
+    expected = "2 passed" if torch.cuda.is_available() else "1 passed, 1 skipped"
+    assert expected in result.stdout

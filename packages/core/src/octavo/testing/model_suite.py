@@ -316,8 +316,11 @@ class ModelConformanceSuite:
         return Conformance(config, hf_model, model, loaded)
 
     @pytest.fixture(scope="class")
-    def conformance(self) -> Conformance:
-        return self.build()
+    @classmethod
+    def conformance(cls) -> Conformance:
+        # A classmethod: a class-scoped fixture on an instance would see one instance of the
+        # class while each test runs on another (pytest 10 rejects that form).
+        return cls().build()
 
     # ---- checks (reusable with another model, e.g. a deliberately broken one) -----------------
 

@@ -1,7 +1,14 @@
 """Octavo's pytest plugin (entry point ``pytest11``): markers and conformance-suite fixtures.
 
-Third-party packages subclass the suites in ``octavo.testing`` and get these for free, among
-them ``conformance_coverage``: which registered architectures the session's model suites
+Installed with ``octavo-core``, so pytest loads it in every project of that environment; it
+acts only in a project that opts in with the ini option ``octavo_testing = true``
+(``[tool.pytest.ini_options]`` in pyproject.toml, or pytest.ini). Elsewhere it adds nothing:
+no markers, no skipping of anyone's ``gpu`` tests, no torch import.
+
+In a project that opts in (Octavo's own tests, a third-party plugin subclassing the suites in
+``octavo.testing``): the ``gpu`` and ``slow`` markers; ``gpu`` tests skip themselves without a
+CUDA device (torch is imported only when a ``gpu`` test was collected); and the
+``conformance_coverage`` fixture: which registered architectures the session's model suites
 verify (see :mod:`octavo.testing.coverage`).
 """
 
@@ -9,13 +16,30 @@ from __future__ import annotations
 
 import pytest
 
+OPT_IN = "octavo_testing"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(OPT_IN, type="bool", default=False,
+                  help="Turn on Octavo's pytest plugin in this project: the gpu and slow "
+                       "markers, gpu tests skipped without CUDA, conformance coverage.")
+
+
+def active(config: pytest.Config) -> bool:
+    """Whether this project opted in (``octavo_testing = true``)."""
+    return bool(config.getini(OPT_IN))
+
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not active(config):
+        return
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skips itself without one)")
     config.addinivalue_line("markers", "slow: long-running; excluded from the default suite")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not active(config):
+        return
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return  # torch is imported only where a gpu test asks whether CUDA is there
@@ -29,6 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if not active(session.config):
+        return
     from octavo.testing.coverage import COVERAGE_KEY, collect_coverage
 
     session.config.stash[COVERAGE_KEY] = collect_coverage(session.items)
@@ -36,7 +62,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def conformance_coverage(request: pytest.FixtureRequest) -> dict[str, list[str]]:
-    """Architecture -> node ids of the collected (selected) model suite classes verifying it."""
+    """Architecture -> node ids of the collected (selected) model suite classes verifying it.
+
+    Needs ``octavo_testing = true``: without it nothing is collected and the fixture fails
+    rather than report an empty coverage.
+    """
     from octavo.testing.coverage import COVERAGE_KEY
 
+    if not active(request.config):
+        pytest.fail(f"conformance_coverage needs the ini option {OPT_IN} = true "
+                    "(Octavo's pytest plugin acts only in projects that opt in)")
     return request.config.stash.get(COVERAGE_KEY, {})
