@@ -1,0 +1,64 @@
+"""The int4 CPU kernel against the reference (dequantize + dense product)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
+from octavo.layers import ReplicatedLinear
+from octavo_quant.gptq import GPTQMethod
+from octavo_quant.kernels import Int4CpuKernel, ReferenceKernel, select_kernel
+
+Recipe = packer.Recipe
+
+
+def quantized_layer(recipe: Recipe, out_features: int, in_features: int, bias: bool = False):
+    torch.manual_seed(0)
+    q = packer.quantize(torch.randn(out_features, in_features) * 0.1, recipe)
+    method = GPTQMethod.from_config(packer.quant_config(recipe))
+    layer = ReplicatedLinear(in_features, out_features, bias=bias, quant_method=method)
+    for name, tensor in packer.gptq_tensors(q, recipe).items():
+        getattr(layer, name).weight_loader(getattr(layer, name), tensor)
+    if bias:
+        layer.bias.data.normal_()
+    return layer, method
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe(group_size=32), Recipe(group_size=128, sym=False), Recipe(group_size=-1),
+    Recipe(group_size=64, desc_act=True, sym=False), Recipe(group_size=96),
+], ids=["g32", "g128-asym", "per-row", "desc-act", "g96"])
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_int4_kernel_matches_the_reference(recipe, rows):
+    layer, method = quantized_layer(recipe, 96, 384, bias=True)
+    x = torch.randn(rows, 384)
+    expected = ReferenceKernel(method)(layer, x, layer.bias)
+    kernel = select_kernel(method, layer)
+    assert isinstance(kernel, Int4CpuKernel)
+    got = kernel(layer, x, layer.bias)
+    scale = expected.abs().max()
+    torch.testing.assert_close(got, expected, rtol=0, atol=float(scale) * 2e-2)  # bfloat16
+    assert (got - expected).abs().max() > 0  # it really computed in bfloat16
+
+
+def test_groups_that_do_not_fit_fall_back_to_the_reference():
+    layer, method = quantized_layer(Recipe(group_size=32), 32, 48)  # 48: no 32-multiple run
+    assert isinstance(select_kernel(method, layer), ReferenceKernel)
+
+
+def test_eight_bit_uses_the_reference_and_the_env_forces_it(monkeypatch):
+    layer, method = quantized_layer(Recipe(bits=8), 32, 64)
+    assert isinstance(select_kernel(method, layer), ReferenceKernel)
+    layer, method = quantized_layer(Recipe(), 32, 64)
+    monkeypatch.setenv("OCTAVO_QUANT_KERNEL", "reference")
+    assert isinstance(select_kernel(method, layer), ReferenceKernel)
+
+
+def test_the_fast_kernel_drops_the_checkpoint_tensors():
+    layer, method = quantized_layer(Recipe(), 64, 256)
+    before = sum(p.numel() * p.element_size() for p in layer.parameters())
+    method.process_weights_after_loading(layer)
+    assert not hasattr(layer, "qweight")
+    after = sum(b.numel() * b.element_size() for b in layer.buffers())
+    assert after < before and after < 64 * 256  # under a byte per weight
