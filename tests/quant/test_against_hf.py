@@ -4,10 +4,10 @@ the reference's."""
 
 from __future__ import annotations
 
+import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 import pytest
 import torch
 
-import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 from octavo import LLM, SamplingParams
 from octavo_quant.kernels import KERNEL_ENV
 

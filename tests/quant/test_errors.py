@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 from octavo.config import ModelSettings
 from octavo.model_loader.loader import load_model
 
@@ -20,9 +20,9 @@ Recipe = packer.Recipe
 def broken_copy(quantized_checkpoint, tmp_path):
     """``copy(recipe) -> folder``: a writable copy of a quantized checkpoint."""
 
-    def copy(recipe=Recipe()):
+    def copy(recipe=None):
         folder = tmp_path / "broken"
-        shutil.copytree(quantized_checkpoint(recipe)[0], folder)
+        shutil.copytree(quantized_checkpoint(recipe or Recipe())[0], folder)
         return folder
 
     return copy

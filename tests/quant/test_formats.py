@@ -3,10 +3,10 @@ the weights the writer quantized to."""
 
 from __future__ import annotations
 
+import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 import pytest
 import torch
 
-import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 from octavo.config import ModelSettings
 from octavo.model_loader.loader import load_model
 from octavo_quant.kernels import KERNEL_ENV

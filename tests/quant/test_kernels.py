@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 import pytest
 import torch
 
-import octavo_quant_test_packer as packer  # registered by tests/quant/conftest.py
 from octavo.layers import ReplicatedLinear
 from octavo_quant.gptq import GPTQMethod
 from octavo_quant.kernels import Int4CpuKernel, ReferenceKernel, select_kernel
