@@ -42,7 +42,8 @@ def select_attention_backend(
             passed_over.append((backend_name, backend.priority, reason))
     if not candidates:
         reasons = "; ".join(f"{n!r}: {r}" for n, _, r in passed_over)
-        raise ValueError(f"no attention backend supports {where} ({reasons})")
+        raise ValueError(f"no attention backend supports {where} ({reasons}); "
+                         f"{registry.install_hint()}")
     chosen = max(candidates, key=lambda b: b.priority)
     _log_passed_over(passed_over, chosen, where)
     logger.info("attention backend %r for %s (priority %d, the highest that supports it; "

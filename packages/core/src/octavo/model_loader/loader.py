@@ -186,8 +186,9 @@ def model_class(config: Any) -> type[CausalLM]:
     registry = models()
     arch = (getattr(config, "architectures", None) or [None])[0]
     if arch not in registry:
+        known = ", ".join(sorted(registry)) or f"none: {registry.install_hint()}"
         raise ValueError(f"architecture {arch!r} is not supported; registered architectures: "
-                         f"{', '.join(sorted(registry)) or 'none'}")
+                         f"{known}")
     return registry.get(arch)
 
 
@@ -262,6 +263,7 @@ def load_weights(model: CausalLM, fmt: WeightFormat, files: list[Path], config: 
 
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Resolve, build and fill the model that ``settings`` names."""
+    require_model_plugins()
     source = resolve_model_source(settings.model)
     config = load_hf_config(source, settings.trust_remote_code)
     tokenizer = load_tokenizer(source, settings.tokenizer, settings.trust_remote_code)
@@ -283,6 +285,15 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         max_model_len=_max_model_len(settings.max_model_len, config),
         eos_token_ids=eos_token_ids(config, tokenizer, source.folder),
         dtype=dtype, device=device, attention_backend=backend, source=source)
+
+
+def require_model_plugins() -> None:
+    """Fail in one line, naming what to install, when no plugin registers model families or
+    weight formats (core alone has neither)."""
+    for registry in (models(), weight_formats()):
+        if not registry:
+            raise ValueError(f"no {registry.kind} is registered, so no model can load: "
+                             f"{registry.install_hint()}")
 
 
 def _max_model_len(requested: int | None, config: Any) -> int:

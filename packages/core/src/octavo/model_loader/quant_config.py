@@ -50,7 +50,7 @@ def quantization_method_for(config: Any, folder: Path | None):
     registry = quantization_methods()
     if method not in registry:
         raise ValueError(f"{where}: quantization method {method!r} is not supported; "
-                         f"registered: {', '.join(sorted(registry)) or 'none'}")
+                         f"registered: {', '.join(sorted(registry))}; {registry.install_hint()}")
     try:
         return registry.get(method).from_config(raw)
     except ValueError as exc:

@@ -42,6 +42,15 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "register_weight_formats": ("weight format", "octavo.model_loader.weights:WeightFormat"),
 }
 
+# hook -> the distribution to name when its registry is empty ("pip install ...")
+PROVIDERS: dict[str, str] = {
+    "register_models": "octavo-models",
+    "register_weight_formats": "octavo-models",
+    "register_quantization_methods": "octavo-quant",
+    "register_attention_backends": "octavo-kernels-cpu, octavo-kernels-triton or "
+                                   "octavo-kernels-cuda",
+}
+
 LOADED, FAILED, DISABLED = "loaded", "failed", "disabled"
 
 
@@ -110,7 +119,8 @@ class OctavoPluginManager:
         self.failed: dict[str, PluginInfo] = {}
         self.disabled: dict[str, PluginInfo] = {}
         self.registries: dict[str, Registry] = {
-            hook: Registry(kind, interface) for hook, (kind, interface) in REGISTRY_HOOKS.items()
+            hook: Registry(kind, interface, provider=PROVIDERS.get(hook))
+            for hook, (kind, interface) in REGISTRY_HOOKS.items()
         }
         self._commands: dict[str, tuple[click.Command, PluginInfo]] | None = None
         self._loaded = False

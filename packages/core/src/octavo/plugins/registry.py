@@ -58,11 +58,19 @@ class Registry:
     """
 
     def __init__(self, kind: str, interface: str | None = None,
-                 check: Callable[[Any], str | None] | None = None):
+                 check: Callable[[Any], str | None] | None = None,
+                 provider: str | None = None):
         self.kind = kind
         self.interface = interface
         self.check = check
+        self.provider = provider  # the distribution that provides the usual entries
         self._entries: dict[str, Entry] = {}
+
+    def install_hint(self) -> str:
+        """Which distribution to install for this registry's usual entries (for messages)."""
+        where = f"install {self.provider} (pip install {self.provider}) or a plugin that " \
+            "registers one" if self.provider else "install a plugin that registers one"
+        return f"{where}; `octavo plugins` lists what is loaded"
 
     def add(self, name: str, ref: Any, plugin: str, distribution: str,
             override: bool = False) -> None:
@@ -112,7 +120,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(sorted(self._entries)) or "none"
+            known = ", ".join(sorted(self._entries)) or f"none: {self.install_hint()}"
             raise KeyError(f"no {self.kind} named {name!r} (registered: {known})") from None
 
     def get(self, name: str) -> Any:
