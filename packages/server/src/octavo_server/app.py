@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from octavo_server import chat, completions, info
+from octavo_server import admin, chat, completions, info
 from octavo_server.errors import install_error_handlers
 from octavo_server.metrics import ServerMetrics
 from octavo_server.middleware import ApiKeyAuth, BodyLimit
@@ -27,6 +27,7 @@ def create_app(manager: ModelManager, settings: ServerSettings | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        await manager.engines.preload()  # the models a models file marks ``preload``
         yield
         await manager.shutdown()
 
@@ -37,7 +38,7 @@ def create_app(manager: ModelManager, settings: ServerSettings | None = None) ->
                        timeout=settings.body_timeout)
     if settings.api_key is not None:  # outermost: no body is read for a client without a key
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key, open_paths=OPEN_PATHS)
-    for module in (completions, chat, info):
+    for module in (completions, chat, info, admin):
         app.include_router(module.router)
     install_openapi(app, settings)
     return app

@@ -33,20 +33,24 @@ router = APIRouter()
 @router.post("/v1/chat/completions", responses=generation_responses(ChatCompletionResponse))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state = app_state(request)
-    model = state.manager.get(body.model)
-    check_n(body.n, state.settings)
-    model.admit(body.n, "n" if body.n > 1 else "messages")  # before templating
-    prompt = await chat_prompt(model, state.settings, body.messages, body.add_generation_prompt)
-    # Without max_completion_tokens (or max_tokens), generate to the end of the context, as
-    # vLLM does: the model's EOS, a stop condition or the client ends it sooner.
-    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_tokens = getattr(body, field)
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs),
-                             {"max_tokens": field, "logprobs": "top_logprobs"})
-    check_context(model, prompt, max_tokens, field, "messages")
-    generation = await Generation.start(model, state.metrics, [prompt], params, body.priority,
-                                        prompt_field="messages")
+    lease = await state.manager.lease(body.model)
+    async with lease as model:
+        check_n(body.n, state.settings)
+        model.admit(body.n, "n" if body.n > 1 else "messages")  # before templating
+        prompt = await chat_prompt(model, state.settings, body.messages,
+                                   body.add_generation_prompt)
+        # Without max_completion_tokens (or max_tokens), generate to the end of the context,
+        # as vLLM does: the model's EOS, a stop condition or the client ends it sooner.
+        field = ("max_completion_tokens" if body.max_completion_tokens is not None
+                 else "max_tokens")
+        max_tokens = getattr(body, field)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = sampling_params(lambda: body.sampling_params(max_tokens, logprobs),
+                                 {"max_tokens": field, "logprobs": "top_logprobs"})
+        check_context(model, prompt, max_tokens, field, "messages")
+        generation = await Generation.start(model, state.metrics, [prompt], params,
+                                            body.priority, prompt_field="messages")
+        generation.hold(lease.keep())  # released once the engine request has ended
     response_id = random_id("chatcmpl")
     if body.stream:
         return event_stream(_chunks(body, generation, response_id, model), generation)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 
 from octavo.commands import engine_options
 from octavo_server.settings import ServerSettings
+
+if TYPE_CHECKING:  # the models module imports torch: not for ``octavo --help``
+    from octavo_server.models import ModelManager
 
 logger = logging.getLogger("octavo_server")
 
@@ -36,6 +39,8 @@ def _one_line(exc: ValidationError) -> str:
 def server_options(func):
     """One ``--option`` per ``ServerSettings`` field, its help and default from the field."""
     for name in reversed(list(ServerSettings.model_fields)):
+        if name == "served_model_name":  # repeatable: declared on ``serve`` itself
+            continue
         field = ServerSettings.model_fields[name]
         kind = next((t for t in (int, float) if t in _members(field.annotation)), str)
         default = "" if field.default is None else f" [default: {field.default}]"
@@ -49,19 +54,57 @@ def _members(annotation) -> tuple:
 
 
 @click.command()
-@click.option("-m", "--model", default=None,
-              help="Model path or hub id (default: the demo SmolLM2-135M-Instruct).")
+@click.option("-m", "--model", "models", multiple=True,
+              help="Model path or hub id (default: the demo SmolLM2-135M-Instruct); repeat "
+                   "it to serve several, each loaded on its first request.")
+@click.option("--served-model-name", "names", multiple=True,
+              help=ServerSettings.model_fields["served_model_name"].description)
 @server_options
 @engine_options
-def serve(model, **options):
+def serve(models, names, **options):
     """Serve a model over an OpenAI-compatible HTTP API.
 
     Every option is also an environment variable: OCTAVO_PORT=9000, OCTAVO_BLOCK_SIZE=32.
     """
-    settings = _settings(**{name: options.pop(name) for name in ServerSettings.model_fields})
+    server = {name: options.pop(name) for name in ServerSettings.model_fields
+              if name != "served_model_name"}
+    settings = _settings(**server, served_model_name=names[0] if len(names) == 1 else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
-    served = load_served_model(model, settings, options)
-    run_server(served, settings)
+    engine = {k: v for k, v in options.items() if v is not None}
+    from octavo_server.models import ModelManager
+
+    if settings.models_file is None and len(models) <= 1:
+        run_server(ModelManager([load_served_model(models[0] if models else None, settings,
+                                                   engine)]), settings)
+        return
+    run_server(_multi_model_manager(list(models), list(names), settings, engine), settings)
+
+
+def _multi_model_manager(models: list[str], names: list[str], settings: ServerSettings,
+                         engine: dict[str, Any]) -> ModelManager:
+    """Several models, each loaded on its first request (or at start-up with ``preload``)."""
+    from octavo_server.models import ModelManager
+    from octavo_server.models_file import (
+        ModelsConfig,
+        ModelsFileError,
+        read_models_file,
+        specs_from_options,
+    )
+
+    try:
+        config = (read_models_file(settings.models_file, engine) if settings.models_file
+                  else ModelsConfig())
+        config.specs += specs_from_options(models, names, engine)
+        manager = ModelManager(
+            specs=config.specs, max_waiting_requests=settings.max_waiting_requests,
+            memory_budget_gib=settings.memory_budget_gib or config.memory_budget_gib,
+            idle_unload_s=settings.idle_unload_s or config.idle_unload_s)
+    except (ModelsFileError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    for model in manager.configured():
+        logger.info("model %r from %s: %s", model.name, model.spec.model,
+                    "loaded at start-up" if model.spec.preload else "loaded on first request")
+    return manager
 
 
 def load_served_model(model: str | None, settings: ServerSettings, options: dict[str, Any]):
@@ -72,7 +115,7 @@ def load_served_model(model: str | None, settings: ServerSettings, options: dict
 
     try:
         model = model if model is not None else ModelSettings().model  # OCTAVO_MODEL
-        llm = AsyncLLM(model, **{k: v for k, v in options.items() if v is not None})
+        llm = AsyncLLM(model, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     source = model or DEMO_MODEL_NAME
@@ -86,10 +129,9 @@ def load_served_model(model: str | None, settings: ServerSettings, options: dict
     return served
 
 
-def run_server(served, settings: ServerSettings) -> None:
+def run_server(manager: ModelManager, settings: ServerSettings) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish (or are aborted after
     ``shutdown_timeout``), then the process exits with status 0."""
-    from octavo_server.models import ModelManager
     from octavo_server.server import DrainingServer
 
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
@@ -101,8 +143,9 @@ def run_server(served, settings: ServerSettings) -> None:
             f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
-    logger.info("serving %r at http://%s:%d/v1", served.name, shown_host, port)
-    server = DrainingServer(ModelManager([served]), settings)
+    names = [m.name for m in manager.configured()]
+    logger.info("serving %s at http://%s:%d/v1", ", ".join(map(repr, names)), shown_host, port)
+    server = DrainingServer(manager, settings)
     # uvicorn handles SIGTERM and Ctrl-C, then raises the signal again once it is done; by then
     # the shutdown was clean, so that second delivery must not kill the process.
     for handled in (signal.SIGTERM, signal.SIGINT):

@@ -32,17 +32,20 @@ def _prompt_list(prompt) -> list[str | list[int]]:
 @router.post("/v1/completions", responses=generation_responses(CompletionResponse))
 async def create_completion(body: CompletionRequest, request: Request):
     state = app_state(request)
-    model = state.manager.get(body.model)
-    texts = _prompt_list(body.prompt)
-    check_n(body.n, state.settings)
-    model.admit(len(texts) * body.n, "n" if body.n > 1 else "prompt")  # before tokenizing
-    prompts = [await tokenize(model, state.settings, text) for text in texts]
-    echo_logprobs = body.logprobs if body.echo else None
-    params = sampling_params(lambda: body.sampling_params(body.max_tokens, body.logprobs,
-                                                          echo_logprobs))
-    for prompt in prompts:
-        check_context(model, prompt, body.max_tokens, "max_tokens", "prompt")
-    generation = await Generation.start(model, state.metrics, prompts, params, body.priority)
+    lease = await state.manager.lease(body.model)
+    async with lease as model:
+        texts = _prompt_list(body.prompt)
+        check_n(body.n, state.settings)
+        model.admit(len(texts) * body.n, "n" if body.n > 1 else "prompt")  # before tokenizing
+        prompts = [await tokenize(model, state.settings, text) for text in texts]
+        echo_logprobs = body.logprobs if body.echo else None
+        params = sampling_params(lambda: body.sampling_params(body.max_tokens, body.logprobs,
+                                                              echo_logprobs))
+        for prompt in prompts:
+            check_context(model, prompt, body.max_tokens, "max_tokens", "prompt")
+        generation = await Generation.start(model, state.metrics, prompts, params,
+                                            body.priority)
+        generation.hold(lease.keep())  # released once every engine request has ended
     view = CompletionView(model.tokenizer, body, prompts)
     response_id = random_id("cmpl")
     if body.stream:
@@ -53,7 +56,6 @@ async def create_completion(body: CompletionRequest, request: Request):
                for i, out in enumerate(outputs) for c in out.outputs]
     return CompletionResponse(id=response_id, model=model.name, choices=choices,
                               usage=final_usage(outputs))
-
 
 class CompletionView:
     """Renders engine outputs as completion choices: echo, logprobs, text offsets."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import Request
 
@@ -56,6 +57,13 @@ class Generation:
         self.n = n
         self.streams: list[RequestStream] = []
         self.trackers: list[RequestTracker] = []
+        self._release: Callable[[], None] | None = None
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """Call ``release`` (the model's lease) once every engine request has ended, or when
+        the generation is dropped unread (a stream whose client left before it began)."""
+        self._release = release
+        weakref.finalize(self, release)
 
     @classmethod
     async def start(cls, model: ServedModel, metrics: ServerMetrics, prompts: Sequence[Prompt],
@@ -113,6 +121,8 @@ class Generation:
                 tracker.aborted(self.n)
                 with contextlib.suppress(Exception):
                     await stream.aclose()
+        if self._release is not None:
+            self._release()
 
     async def final_outputs(self) -> list[RequestOutput]:
         """Every prompt's finished output, in prompt order."""

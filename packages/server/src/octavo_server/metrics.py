@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from octavo.outputs import RequestOutput
+from octavo_server.model_metrics import ModelEvents
 from octavo_server.models import ModelManager
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -104,6 +105,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(EngineGauges(manager))
         self.registry.register(SwapMetrics(manager))
+        self.model_events = ModelEvents(manager, self.registry)  # loads, unloads, swaps
         label = ["model_name"]
 
         def counter(name: str, doc: str, labels=label) -> Counter:

@@ -1,17 +1,34 @@
-"""The model-manager seam: every request reaches its engine through the ``model`` it names.
+"""Every request reaches its engine through the ``model`` it names, by a lease.
 
-One model per server today; lazy loading, eviction and hot swap of several models plug in
-here later without touching the routes.
+The engines live in core's ``octavo.entrypoints.model_manager.ModelManager`` (lazy loading,
+the memory budget, idle unloading, hot swap); this module gives the routes a ``ServedModel``
+per engine and turns the manager's errors into OpenAI-style API errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from octavo.engine.stats import EngineStats
 from octavo.entrypoints.async_llm import AsyncLLM, RequestStream
+from octavo.entrypoints.model_manager import (
+    Engine,
+    InsufficientMemory,
+    Lease,
+    ManagedModel,
+    ModelConflict,
+    ModelLoadError,
+    ModelNotFound,
+    ModelSpec,
+    load_engine,
+)
+from octavo.entrypoints.model_manager import ModelManager as EngineManager
 from octavo.sampling_params import SamplingParams
 from octavo_server.errors import APIError
 
@@ -75,34 +92,103 @@ class ServedModel:
                                     priority=priority)
 
 
-class ModelManager:
-    """Maps served model names to engines; a request without ``model`` goes to the first."""
+class ModelLease:
+    """A request's hold on the engine serving its model. Leaving ``async with`` releases it,
+    unless ``keep()`` handed the release to whoever outlives the route (a streaming
+    generation)."""
 
-    def __init__(self, models: list[ServedModel] | None = None) -> None:
-        self._models: dict[str, ServedModel] = {}
+    def __init__(self, lease: Lease, model: ServedModel) -> None:
+        self._lease = lease
+        self.model = model
+        self._kept = False
+
+    def keep(self) -> Callable[[], None]:
+        self._kept = True
+        return self._lease.release
+
+    async def __aenter__(self) -> ServedModel:
+        return self.model
+
+    async def __aexit__(self, *exc) -> None:
+        if not self._kept:
+            self._lease.release()
+
+
+@contextlib.contextmanager
+def api_errors(load_status: int = 500, load_param: str | None = None):
+    """The manager's errors as API errors: unknown model 404, no memory 503 (retryable), a
+    model that failed to load ``load_status``, a conflicting admin call 409."""
+    try:
+        yield
+    except ModelNotFound as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+    except InsufficientMemory as exc:
+        raise APIError(503, str(exc), code="insufficient_memory") from exc
+    except ModelLoadError as exc:
+        raise APIError(load_status, str(exc), param=load_param, code="model_load_failed") from exc
+    except ModelConflict as exc:
+        raise APIError(409, str(exc), param="model", code="model_conflict") from exc
+
+
+class ModelManager:
+    """The served models (see ``EngineManager``); a request without ``model`` goes to the
+    first. Engines passed in already loaded (``ServedModel``) are pinned: nothing could load
+    them again."""
+
+    def __init__(self, models: list[ServedModel] | None = None, *,
+                 specs: list[ModelSpec] | tuple[ModelSpec, ...] = (),
+                 memory_budget_gib: float | None = None, idle_unload_s: float | None = None,
+                 max_waiting_requests: int | None = None,
+                 loader: Callable[[ModelSpec], AsyncLLM] = load_engine) -> None:
+        budget = None if memory_budget_gib is None else int(memory_budget_gib * (1 << 30))
+        self.engines = EngineManager(memory_budget_bytes=budget, idle_unload_s=idle_unload_s,
+                                     loader=loader, on_event=self._event)
+        self.max_waiting_requests = max_waiting_requests
+        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+        self._served: weakref.WeakKeyDictionary[Engine, ServedModel] = (
+            weakref.WeakKeyDictionary())
         for model in models or []:
             self.add(model)
+        for spec in specs:
+            self.engines.add(spec)
 
     def add(self, model: ServedModel) -> None:
-        if model.name in self._models:
-            raise ValueError(f"a model named {model.name!r} is already served")
-        self._models[model.name] = model
+        managed = self.engines.add(ModelSpec(model.name, model.source, pinned=True), model.llm)
+        self._served[managed.engine] = model
 
-    def get(self, name: str | None) -> ServedModel:
-        if name is None or name == "":
-            if not self._models:
-                raise APIError(404, "no model is loaded", param="model", code="model_not_found")
-            return next(iter(self._models.values()))
-        model = self._models.get(name)
-        if model is None:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves "
-                           f"{sorted(self._models)}", param="model", code="model_not_found")
-        return model
+    def get(self, name: str | None) -> ManagedModel:
+        with api_errors():
+            return self.engines.get(name)
 
-    def __iter__(self):
-        return iter(list(self._models.values()))
+    async def lease(self, name: str | None) -> ModelLease:
+        """A lease on the engine serving ``name``; its first request loads it (503 when the
+        memory budget has no room, 500 when it fails to load)."""
+        with api_errors():
+            lease = await self.engines.acquire(name)
+        return ModelLease(lease, self._served_model(lease.model, lease.engine))
+
+    def _served_model(self, managed: ManagedModel, engine: Engine) -> ServedModel:
+        served = self._served.get(engine)
+        if served is None:
+            served = ServedModel(managed.name, engine.llm, engine.source or DEMO_MODEL_NAME,
+                                 max_waiting_requests=self.max_waiting_requests)
+            self._served[engine] = served
+        return served
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        """The loaded models (their current engines)."""
+        return iter([self._served_model(m, m.engine) for m in self.engines if m.engine])
+
+    def configured(self) -> list[ManagedModel]:
+        return list(self.engines)
+
+    def all_engines(self) -> list[AsyncLLM]:
+        return self.engines.engines()
+
+    def _event(self, kind: str, name: str, details: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(kind, name, details)
 
     async def shutdown(self) -> None:
         """Stop every engine loop (requests still running are aborted by their handlers)."""
-        for model in self:
-            await model.llm.shutdown()
+        await self.engines.shutdown()

@@ -22,13 +22,18 @@ GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 _ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 _ERRORS = {
     "400": "A field has a bad type or value, the prompt does not fit the context, or the body "
-           "is not JSON; `param` names the field.",
+           "is not JSON; `param` names the field. (swap) The new `path` does not load "
+           "(`model_load_failed`); the old version keeps serving.",
     "401": "`--api-key` is set and the request lacks `Authorization: Bearer KEY`.",
-    "404": "Unknown `model`.",
+    "404": "Unknown `model` (the message lists the served names).",
+    "409": "The model is pinned: unpin it before unloading it.",
     "408": "The body did not arrive within `--body-timeout` seconds.",
     "413": "The body is larger than `--max-request-body-bytes`.",
-    "500": "The engine failed.",
-    "503": "The server is at `--max-connections`, or (generation) its waiting queue is full.",
+    "500": "The engine failed, or the model failed to load on its first request "
+           "(`model_load_failed`).",
+    "503": "The server is at `--max-connections`, (generation) its waiting queue is full, or "
+           "the memory budget has no room to load the model (`insufficient_memory`: every "
+           "loaded model is busy or pinned).",
 }
 _HEADERS = {
     "401": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
@@ -60,8 +65,11 @@ def _statuses(path: str, method: str, settings: ServerSettings) -> list[str]:
         statuses += ["400", "408", "413"]
     if path in GENERATION_PATHS or path in ("/tokenize", "/detokenize") or "{" in path:
         statuses.append("404")
-    if path in GENERATION_PATHS:
-        statuses.append("500")
+    if path in GENERATION_PATHS or path in ("/tokenize", "/detokenize") or path.endswith(
+            "/load"):
+        statuses.append("500")  # a model that fails to load on first use
+    if path.endswith("/unload"):
+        statuses.append("409")
     if settings.api_key is not None and path not in OPEN_PATHS:
         statuses.append("401")
     return sorted(statuses)

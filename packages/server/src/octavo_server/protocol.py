@@ -337,7 +337,20 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=now)
     owned_by: str = "octavo"
     root: str | None = None
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # None until the model has been loaded once
+    state: Literal["loaded", "loading", "unloaded"] | None = None
+    pinned: bool = False  # never evicted nor unloaded when idle
+    aliases: list[str] = Field(default_factory=list)  # other names clients may send
+    memory_bytes: int | None = None  # measured tensor bytes of the loaded engine
+
+
+class SwapRequest(BaseModel):
+    """``POST /admin/models/{name}/swap``: serve the model from a new checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="The new folder, weights file, GGUF file or "
+                      "hub id; the model's engine options are kept.")
 
 
 class ModelList(BaseModel):

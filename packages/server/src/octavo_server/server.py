@@ -41,5 +41,5 @@ class DrainingServer(uvicorn.Server):
 
     async def _abort_after_grace(self) -> None:
         await asyncio.sleep(self.grace)
-        for model in self.manager:
-            await model.llm.abort_all()
+        for llm in self.manager.all_engines():
+            await llm.abort_all()

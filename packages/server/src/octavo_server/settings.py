@@ -20,11 +20,20 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OCTAVO_", extra="forbid")
 
+    models_file: str | None = Field(
+        None, description="A TOML file of models to serve, each with its own engine options, "
+        "aliases, pin and preload, and the memory budget (docs/server.md).")
+    memory_budget_gib: float | None = Field(
+        None, gt=0, description="With several models: GiB their engines (weights and KV cache) "
+        "may take together; loading one evicts idle models beyond it (default: no budget).")
+    idle_unload_s: float | None = Field(
+        None, gt=0, description="With several models: unload a model nobody used for this "
+        "many seconds (default: never).")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface).")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
     served_model_name: str | None = Field(
         None, description="The name clients send as `model` (default: the --model value, or "
-        "SmolLM2-135M-Instruct for the demo).")
+        "SmolLM2-135M-Instruct for the demo); repeat it, once per --model, to name several.")
     api_key: str | None = Field(
         None, description="Require `Authorization: Bearer KEY` on every route but /health, "
         "/metrics and /version; compared as UTF-8 bytes (default: no key; an empty key is "

@@ -210,7 +210,7 @@ class ModelManager:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def acquire(self, name: str | None) -> Lease:
+    async def acquire(self, name: str | None, reason: str = "first request") -> Lease:
         """A lease on the engine serving ``name``, loading it first if it is not loaded.
 
         Raises ModelNotFound, InsufficientMemory or ModelLoadError.
@@ -219,7 +219,7 @@ class ModelManager:
         model = self.get(name)
         while model.engine is None:
             if model.loading is None:
-                model.loading = asyncio.ensure_future(self._load_current(model))
+                model.loading = asyncio.ensure_future(self._load_current(model, reason))
                 model.loading.add_done_callback(_retrieve)  # waiters may all have gone
             await asyncio.shield(model.loading)
         return Lease(self, model, model.engine)
@@ -233,16 +233,16 @@ class ModelManager:
 
     # -- admin ---------------------------------------------------------------------------
 
-    async def load(self, name: str) -> ManagedModel:
+    async def load(self, name: str, reason: str = "asked to load") -> ManagedModel:
         """Load a model now (no-op when loaded); it counts as just used."""
-        (await self.acquire(name)).release()
+        (await self.acquire(name, reason)).release()
         return self.get(name)
 
     async def preload(self) -> None:
         """Load every model whose spec says ``preload``, one after another."""
         for model in self:
             if model.spec.preload:
-                await self.load(model.name)
+                await self.load(model.name, "preload")
 
     async def unload(self, name: str, reason: str = "asked to") -> ManagedModel:
         """Stop routing to the model; its engine is freed once its requests finish."""
@@ -295,9 +295,9 @@ class ModelManager:
 
     # -- loading and eviction ------------------------------------------------------------
 
-    async def _load_current(self, model: ManagedModel) -> None:
+    async def _load_current(self, model: ManagedModel, reason: str) -> None:
         try:
-            engine = await self._load(model, model.spec, "first request")
+            engine = await self._load(model, model.spec, reason)
             model.engine = engine
         finally:
             model.loading = None
