@@ -248,3 +248,12 @@ def test_results_do_not_depend_on_threads():
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_provider_offers_what_is_fast():
+    for op in ("rms_norm", "fused_add_rms_norm", "rotary", "silu_and_mul"):
+        assert CpuLayerOps.supports(op, "cpu", torch.float32)
+        assert CpuLayerOps.supports(op, "cpu", torch.bfloat16)
+        assert not CpuLayerOps.supports(op, "cpu", torch.float16)  # scalar conversions
+    assert CpuLayerOps.supports("pack_linear", "cpu", torch.float32)
+    assert not CpuLayerOps.supports("pack_linear", "cpu", torch.bfloat16)  # float32 kernel

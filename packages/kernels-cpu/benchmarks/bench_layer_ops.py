@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from bench_linear import load, machine_line, wait_for_quiet
+from bench_linear import load, machine_line, time_interleaved, wait_for_quiet
 
 from octavo.attention.torch_backend import write_kv_cache
 from octavo.layers.activation import silu_and_mul
@@ -67,25 +66,19 @@ def problems(m: int, dtype: torch.dtype, g: torch.Generator) -> dict[str, tuple]
     }
 
 
-def time_interleaved(runs: dict[str, Callable[[], object]], calls: int,
-                     repeats: int) -> dict[str, list[float]]:
-    for run in runs.values():  # warm up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                run()
-            times[name].append((time.perf_counter() - start) / calls)
-    return times
+def repeated(fn: Callable, args: tuple, calls: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(calls):
+            fn(*args)
+    return run
 
 
 def bench_line(op: str, m: int, dtype: torch.dtype, torch_fn, octavo_fn, args, calls: int,
                repeats: int) -> str:
-    runs = {"torch": lambda: torch_fn(*args), "octavo": lambda: octavo_fn(*args)}
+    runs = {"torch": repeated(torch_fn, args, calls), "octavo": repeated(octavo_fn, args, calls)}
     before = load()
-    times = time_interleaved(runs, calls, repeats)
+    times = {name: [t / calls for t in ts]
+             for name, ts in time_interleaved(runs, repeats).items()}
     cells = [f"{statistics.median(times[n]) * 1e6:8.1f} ({min(times[n]) * 1e6:7.1f})"
              for n in runs]
     speedup = statistics.median(times["torch"]) / statistics.median(times["octavo"])

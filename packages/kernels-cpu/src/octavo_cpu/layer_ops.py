@@ -5,9 +5,10 @@ C++ RMSNorm, fused add + RMSNorm, rotary and SiLU-and-multiply (``csrc/norm.cpp`
 Registered through ``register_layer_ops`` above core's oneDNN packing and torch code
 (priority 5 against 0): every unquantized float32 linear layer and the LM head on the CPU keep
 their weight packed by :func:`octavo_cpu.dense.pack` and run :func:`octavo_cpu.dense.linear`;
-norms, rotary and the gated SiLU run the C++ ops in float32, bfloat16 and float16 (float32
-arithmetic inside). Without a compiler the provider declines (``supports`` is False) and
-core's oneDNN packing and torch code are used.
+norms, rotary and the gated SiLU run the C++ ops in float32 and bfloat16 (float32 arithmetic
+inside; the kernels take float16 too, but convert it with scalar code, slower than torch's
+SiLU, so the provider does not offer it). Without a compiler the provider declines
+(``supports`` is False) and core's oneDNN packing and torch code are used.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class CpuLayerOps(LayerOps):
     name = "cpu"
     priority = 5
     supported_devices = ("cpu",)
-    supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    supported_dtypes = (torch.float32, torch.bfloat16)
 
     @classmethod
     def supports(cls, op, device, dtype):
