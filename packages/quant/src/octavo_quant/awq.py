@@ -13,8 +13,6 @@ vLLM does) load as dense layers.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -30,14 +28,7 @@ class AWQMethod(GroupQuantMethod):
 
     name = "awq"
 
-    def __init__(self, config: AWQConfig) -> None:
-        self.config = config
-        self.bits = config.bits
-        self.group_size = config.group_size
-
-    @classmethod
-    def from_config(cls, quantization_config: dict[str, Any]) -> AWQMethod:
-        return cls(AWQConfig.from_dict(quantization_config))
+    config_class = AWQConfig
 
     def for_layer(self, prefix: str) -> QuantizationMethod | None:
         if any(name in prefix for name in self.config.modules_to_not_convert):

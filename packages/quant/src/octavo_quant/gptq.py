@@ -16,8 +16,6 @@ The shards of a merged layer (q/k/v, gate/up) must share one ``g_idx``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -34,14 +32,7 @@ class GPTQMethod(GroupQuantMethod):
 
     name = "gptq"
 
-    def __init__(self, config: GPTQConfig) -> None:
-        self.config = config
-        self.bits = config.bits
-        self.group_size = config.group_size
-
-    @classmethod
-    def from_config(cls, quantization_config: dict[str, Any]) -> GPTQMethod:
-        return cls(GPTQConfig.from_dict(quantization_config))
+    config_class = GPTQConfig
 
     def _shard_groups(self, geometry: LayerGeometry) -> bool:
         return not (self.config.desc_act or self.group_size == -1)

@@ -64,8 +64,16 @@ class LayerGeometry:
 class GroupQuantMethod(QuantizationMethod):
     """Base of the group-quantized (GPTQ, AWQ) linear methods."""
 
-    bits: int
-    group_size: int
+    config_class: type  # GPTQConfig or AWQConfig: ``from_dict(raw)`` validates a config
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.bits: int = config.bits
+        self.group_size: int = config.group_size
+
+    @classmethod
+    def from_config(cls, quantization_config: dict[str, Any]) -> GroupQuantMethod:
+        return cls(cls.config_class.from_dict(quantization_config))
 
     @abstractmethod
     def params(self, geometry: LayerGeometry) -> list[QuantParam]:
