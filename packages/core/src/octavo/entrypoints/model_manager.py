@@ -159,7 +159,8 @@ class ModelManager:
         self.on_event = on_event
         self._models: dict[str, ManagedModel] = {}
         self._names: dict[str, str] = {}  # served name or alias -> model name
-        self._draining: list[Engine] = []
+        self._draining: list[Engine] = []  # retired engines that still have leases
+        self._stopping: set[asyncio.Future] = set()  # their loops being stopped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task | None = None
         for spec in specs:
@@ -292,6 +293,7 @@ class ModelManager:
         for engine in [m.engine for m in self._models.values() if m.engine] + self._draining:
             if engine.llm is not None:
                 await engine.llm.shutdown()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     # -- loading and eviction ------------------------------------------------------------
 
@@ -383,23 +385,26 @@ class ModelManager:
         self._retire_engine(engine, model.name)
 
     def _retire_engine(self, engine: Engine, name: str) -> None:
+        """No new lease goes to ``engine``; it is freed now, or after its last lease."""
         engine.retired = True
-        self._draining.append(engine)
-        if engine.leases == 0:
-            self._call_soon(self._free, engine, name)
+        if engine.leases:
+            self._draining.append(engine)
+        else:
+            self._free(engine, name)
 
     def _free(self, engine: Engine, name: str) -> None:
+        """Forget the engine (its memory leaves the budget now) and stop its loop."""
+        if engine in self._draining:
+            self._draining.remove(engine)
         if engine.llm is None:
             return
         llm, engine.llm = engine.llm, None
+        self._stopping.add(asyncio.ensure_future(self._stop(llm, name, engine.memory_bytes)))
 
-        async def stop() -> None:
-            await llm.shutdown()
-            if engine in self._draining:
-                self._draining.remove(engine)
-            logger.info("freed an engine of %r (%.2f GiB)", name, engine.memory_bytes / GiB)
-
-        asyncio.ensure_future(stop())
+    async def _stop(self, llm: AsyncLLM, name: str, memory_bytes: int) -> None:
+        await llm.shutdown()
+        self._stopping.discard(asyncio.current_task())
+        logger.info("freed an engine of %r (%.2f GiB)", name, memory_bytes / GiB)
 
     # -- idle unloading ------------------------------------------------------------------
 
