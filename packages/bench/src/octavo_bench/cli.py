@@ -1,5 +1,5 @@
 """The ``octavo bench`` command group: ``throughput``, ``latency``, ``interference``,
-``multiturn``, ``serve`` and ``plot``."""
+``multiturn``, ``serve``, ``models`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -525,3 +525,30 @@ def plot(reports, output, title):
     except (ValueError, KeyError) as exc:
         raise click.UsageError(f"cannot plot: {exc}") from exc
     click.echo(f"plot written to {path}")
+
+
+@bench.command()
+@click.option("-m", "--model", "model_a", default=None,
+              help="Model a (default: the demo model).")
+@click.option("--model-b", default=None, help="Model b (default: the same checkpoint as a, "
+              "loaded as a second engine).")
+@click.option("--swap-to", default=None, help="The checkpoint a is swapped to (default: a's).")
+@click.option("--num-requests", "-n", type=int, default=8, show_default=True,
+              help="Concurrent requests of each throughput run.")
+@click.option("--input-len", type=int, default=64, show_default=True)
+@click.option("--output-len", type=int, default=32, show_default=True)
+@output_options
+@engine_options
+def models(model_a, model_b, swap_to, num_requests, input_len, output_len, as_json, output,
+           progress, **options):
+    """Several models: cold, warm and after-swap TTFT; one model against two at once."""
+    from octavo_bench.models_bench import ModelsBenchOptions, format_models_bench, run_models_bench
+    from octavo_bench.report import emit
+
+    requests, _, _ = build_requests(model_a, "random", num_requests, input_len, output_len, 0)
+    bench_options = ModelsBenchOptions(
+        model_a=model_a, model_b=model_b or model_a, swap_to=swap_to or model_a,
+        engine=engine_kwargs(options), prompts=[list(r.prompt_token_ids) for r in requests],
+        output_len=output_len)
+    report = run_models_bench(bench_options)
+    emit(report, format_models_bench(report), as_json=as_json, output=output)
