@@ -192,6 +192,35 @@ def test_swap_routes_new_requests_and_frees_the_old_engine_after_its_requests():
     run(main())
 
 
+def test_a_swap_or_unload_during_a_lazy_load_waits_for_it():
+    loader = Loader(delay=0.3)
+    manager = ModelManager(specs("a"), loader=loader)
+
+    async def main():
+        first = asyncio.ensure_future(manager.acquire("a"))
+        await asyncio.sleep(0.05)
+        await manager.swap("a", "/models/a-v2")
+        lease = await first
+        assert lease.llm.source == "/models/a" and loader.loads == ["a", "a"]
+        newer = await manager.acquire("a")
+        assert newer.llm.source == "/models/a-v2"
+        lease.release()
+        newer.release()
+        await asyncio.sleep(0.01)
+        assert [llm.stopped for llm in loader.llms] == [True, False]
+        await manager.unload("a")
+        assert manager.get("a").state is ModelState.UNLOADED
+        reload = asyncio.ensure_future(manager.acquire("a"))
+        await asyncio.sleep(0.05)
+        await manager.unload("a")  # waits for the load, then unloads
+        (await reload).release()
+        await asyncio.sleep(0.01)
+        assert manager.get("a").state is ModelState.UNLOADED
+        assert all(llm.stopped for llm in loader.llms)
+
+    run(main())
+
+
 def test_a_failed_swap_keeps_the_old_engine_and_a_failed_load_can_be_retried():
     loader = Loader()
     manager = ModelManager(specs("a") + [ModelSpec("bad", "/broken")], loader=loader)

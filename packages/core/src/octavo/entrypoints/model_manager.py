@@ -250,10 +250,10 @@ class ModelManager:
         model = self.get(name)
         if model.spec.pinned:
             raise ModelConflict(f"the model {model.name!r} is pinned; unpin it first")
-        async with model.lock:
-            if model.loading is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(model.loading)
+        if model.loading is not None:  # a load in progress finishes first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(model.loading)
+        async with model.lock:  # and a swap in progress
             self._retire(model, reason)
         return model
 
@@ -299,8 +299,9 @@ class ModelManager:
 
     async def _load_current(self, model: ManagedModel, reason: str) -> None:
         try:
-            engine = await self._load(model, model.spec, reason)
-            model.engine = engine
+            async with model.lock:  # after a swap or unload of this model in progress
+                if model.engine is None:
+                    model.engine = await self._load(model, model.spec, reason)
         finally:
             model.loading = None
 
@@ -425,8 +426,10 @@ class ModelManager:
                                         f"{self.idle_unload_s:g})")
 
     def _call_soon(self, func, *args) -> None:
+        """Run ``func`` on the manager's loop (a lease may be released from a finalizer)."""
         loop = self._loop or asyncio.get_running_loop()
-        loop.call_soon_threadsafe(func, *args)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(func, *args)
 
     def _emit(self, kind: str, name: str, **details: Any) -> None:
         if self.on_event is not None:
