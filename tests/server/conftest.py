@@ -115,3 +115,20 @@ def assert_still_serving(base_url: str, headers=None, model: str = MODEL) -> Non
     ok = post(base_url, "/v1/completions", {"prompt": "w1", "max_tokens": 2}, headers)
     assert ok.status_code == 200, ok.text
     assert_all_blocks_free(base_url, model)
+
+
+def serve_log_until(process, words: str) -> tuple[str, str]:
+    """The ``octavo serve`` process's log up to the line holding ``words``, and the URL it
+    serves at; the rest of its log is drained in a thread so it never blocks."""
+    import re
+    import threading
+
+    log = []
+    for line in process.stderr:
+        log.append(line)
+        if words in line:
+            break
+    text = "".join(log)
+    url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text).group(1)
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+    return text, url

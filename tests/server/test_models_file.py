@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 from octavo.cli import cli
 from octavo_server.models_file import ModelsFileError, read_models_file, specs_from_options
 
-from .conftest import post
+from .conftest import post, serve_log_until
 
 
 def write(tmp_path, text: str):
@@ -100,16 +99,9 @@ preload = true
                "--memory-budget-gib", "4", "--api-key", "k"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        log = []
-        for line in process.stderr:
-            log.append(line)
-            if "startup complete" in line:
-                break
-        text = "".join(log)
+        text, url = serve_log_until(process, "startup complete")
         assert "model 'lazy-tiny'" in text and "loaded on first request" in text
         assert "loading 'pinned-tiny'" in text and "(preload;" in text
-        url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text).group(1)
-        threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
         auth = {"Authorization": "Bearer k"}
         models = httpx.get(f"{url}/models", headers=auth, timeout=30).json()["data"]
         assert {m["id"]: (m["state"], m["pinned"]) for m in models} == {

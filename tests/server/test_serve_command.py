@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 
 from octavo.cli import cli
 
-from .conftest import MODEL, start_server, tiny_model
+from .conftest import MODEL, serve_log_until, start_server, tiny_model
 
 
 def test_serve_is_a_plugin_command_with_every_engine_option():
@@ -63,16 +62,9 @@ def test_serve_logs_what_it_loaded_and_finishes_requests_on_sigterm(tiny_folder)
                "--block-size", "4", "--num-gpu-blocks-override", "300"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        log = []
-        for line in process.stderr:
-            log.append(line)
-            if "serving" in line:
-                break
-        text = "".join(log)
+        text, url = serve_log_until(process, "serving")
         assert f"loaded {tiny_folder} as 'tiny'" in text
         assert "KV cache: 300 blocks of 4 tokens = 1200 tokens" in text
-        url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text).group(1)
-        threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
 
         reader = StreamReader(url, max_tokens=200)
         assert reader.first.wait(30)
