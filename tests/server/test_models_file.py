@@ -117,3 +117,35 @@ preload = true
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.fixture
+def managers(monkeypatch) -> list:
+    """The managers ``octavo serve`` would serve (instead of serving them)."""
+    import octavo_server.cli
+
+    served = []
+    monkeypatch.setattr(octavo_server.cli, "run_server", lambda manager, _: served.append(
+        manager))
+    return served
+
+
+def test_one_model_stays_as_it_was_unless_budget_or_idle_unload_are_given(tiny_folder,
+                                                                          managers):
+    engine = ["--device", "cpu", "--block-size", "4", "--num-gpu-blocks-override", "64"]
+    for extra in ([], ["--idle-unload-s", "30"]):
+        result = CliRunner().invoke(cli, ["serve", "--model", str(tiny_folder),
+                                          "--served-model-name", "t", *engine, *extra])
+        assert result.exit_code == 0, result.output
+    eager, managed = managers
+    (model,) = eager.configured()
+    assert (model.name, model.state.value, model.spec.pinned) == ("t", "loaded", True)
+    (model,) = managed.configured()
+    assert (model.name, model.state.value, model.spec.pinned) == ("t", "unloaded", False)
+    assert managed.engines.idle_unload_s == 30 and model.spec.options["block_size"] == 4
+    result = CliRunner().invoke(cli, ["serve", "--model", "/a", "--model", "/b",
+                                      "--served-model-name", "a", "--served-model-name", "b",
+                                      "--memory-budget-gib", "2"])
+    assert result.exit_code == 0, result.output
+    assert [m.name for m in managers[-1].configured()] == ["a", "b"]
+    assert managers[-1].engines.memory_budget_bytes == 2 << 30

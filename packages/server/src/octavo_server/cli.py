@@ -73,10 +73,17 @@ def serve(models, names, **options):
     engine = {k: v for k, v in options.items() if v is not None}
     from octavo_server.models import ModelManager
 
-    if settings.models_file is None and len(models) <= 1:
+    managed = (settings.models_file, settings.memory_budget_gib, settings.idle_unload_s)
+    if len(models) <= 1 and all(option is None for option in managed):
         run_server(ModelManager([load_served_model(models[0] if models else None, settings,
                                                    engine)]), settings)
         return
+    if not models and settings.models_file is None:
+        from octavo.config import ModelSettings
+
+        models = (ModelSettings().model,)  # OCTAVO_MODEL, or the demo
+    if not names and settings.served_model_name is not None:
+        names = (settings.served_model_name,)  # OCTAVO_SERVED_MODEL_NAME
     run_server(_multi_model_manager(list(models), list(names), settings, engine), settings)
 
 

@@ -42,14 +42,16 @@ class ModelsConfig:
     idle_unload_s: float | None = None
 
 
-def specs_from_options(models: list[str], names: list[str], options: dict[str, Any]
+def specs_from_options(models: list[str | None], names: list[str], options: dict[str, Any]
                        ) -> list[ModelSpec]:
     """One spec per ``--model``, named by the ``--served-model-name`` in the same place."""
     if names and len(names) != len(models):
         raise ModelsFileError(f"{len(models)} --model but {len(names)} --served-model-name: "
                               "give one name per model, in the same order")
-    return [ModelSpec(name, model, dict(options))
-            for model, name in zip(models, names or models)]
+    from octavo_server.models import DEMO_MODEL_NAME
+
+    return [ModelSpec(name or model or DEMO_MODEL_NAME, model, dict(options))
+            for model, name in zip(models, names or [None] * len(models))]
 
 
 def read_models_file(path: str | Path, options: dict[str, Any]) -> ModelsConfig:
