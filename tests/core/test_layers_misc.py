@@ -111,3 +111,29 @@ def test_build_attention_metadata_slots():
     assert (meta.max_query_len, meta.max_seq_len) == (3, 5)
     with pytest.raises(ValueError, match="too short"):
         build_attention_metadata([3], [2], [[7, 2]], block_size=2)
+
+
+def test_layers_choose_their_layer_ops_once_per_dtype(monkeypatch):
+    """RMSNorm and GatedActivation look their faster ops up at the first forward in a dtype
+    and keep them (a lookup per call cost as much as a small op); other dtypes look again."""
+    from octavo.layers import activation, norm
+
+    looked_up = []
+
+    def fake_find(op, x):
+        looked_up.append((op, x.dtype))
+        return lambda *args: ("fast", op)
+
+    monkeypatch.setattr(norm, "find_layer_op", fake_find)
+    monkeypatch.setattr(activation, "find_layer_op", fake_find)
+    rms, gated, gelu = RMSNorm(4), GatedActivation("silu"), GatedActivation("gelu_pytorch_tanh")
+    x = torch.ones(2, 4)
+    for _ in range(3):
+        assert rms(x) == ("fast", "rms_norm")
+        assert rms(x, x) == ("fast", "fused_add_rms_norm")
+        assert gated(x) == ("fast", "silu_and_mul")
+        torch.testing.assert_close(gelu(x), F.gelu(x[..., :2], approximate="tanh") * x[..., 2:])
+    assert looked_up == [("rms_norm", torch.float32), ("fused_add_rms_norm", torch.float32),
+                         ("silu_and_mul", torch.float32)]
+    assert gated(x.double()) == ("fast", "silu_and_mul")
+    assert looked_up[-1] == ("silu_and_mul", torch.float64)

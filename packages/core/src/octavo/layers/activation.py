@@ -28,9 +28,12 @@ def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
 
+# gated activation -> the layer op (octavo.layers.layer_ops) a faster provider may implement
+_GATED_LAYER_OPS = {"silu": "silu_and_mul", "swish": "silu_and_mul"}
+
 _GATED = {
-    "silu": fast_silu_and_mul,
-    "swish": fast_silu_and_mul,
+    "silu": silu_and_mul,
+    "swish": silu_and_mul,
     "gelu_pytorch_tanh": gelu_tanh_and_mul,
 }
 
@@ -84,3 +87,17 @@ class GatedActivation(Activation):
 
     functions = _GATED
     kind = "gated activation"
+
+    def __init__(self, hidden_act: str) -> None:
+        super().__init__(hidden_act)
+        self._fn_dtype: torch.dtype | None = None  # the dtype self._fast was chosen for
+        self._fast = self.fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype is not self._fn_dtype:
+            # A registered faster op for x's device and dtype, else the torch code; chosen at
+            # the first forward in a dtype and kept (a lookup per call costs as much as the op).
+            op = _GATED_LAYER_OPS.get(self.hidden_act)
+            self._fast = (op is not None and find_layer_op(op, x)) or self.fn
+            self._fn_dtype = x.dtype
+        return self._fast(x)

@@ -101,6 +101,9 @@ def find_layer_op(op: str, x: torch.Tensor) -> Callable | None:
     """The registered implementation of ``op`` for ``x``'s device and dtype, or None (torch).
 
     The choice is made once per (op, device type, dtype, ``OCTAVO_LAYER_OPS``) and cached.
+    A lookup still costs several microseconds (the plugin manager, the environment), as much
+    as a small op: modules (``RMSNorm``, ``GatedActivation``) keep their choice from their
+    first forward in a dtype, so set ``OCTAVO_LAYER_OPS`` before running a model.
     """
     from octavo.plugins import layer_ops
 

@@ -31,17 +31,25 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(hidden_size, dtype=dtype, device=device),
                                    requires_grad=False)
         self.weight.weight_loader = default_weight_loader
+        self._ops_dtype: torch.dtype | None = None  # the dtype the ops below were chosen for
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        # A registered faster op for this device/dtype (see octavo.layers.layer_ops), else torch.
+        if x.dtype is not self._ops_dtype:
+            self._choose_ops(x)
         if residual is None:
-            fast = find_layer_op("rms_norm", x)
-            return (fast or rms_norm)(x, self.weight, self.eps)
-        fast = find_layer_op("fused_add_rms_norm", x)
-        if fast is not None:
-            return fast(x, residual, self.weight, self.eps)
+            return self._rms_norm(x, self.weight, self.eps)
+        if self._fused_add_rms_norm is not None:
+            return self._fused_add_rms_norm(x, residual, self.weight, self.eps)
         x = x + residual  # [num_tokens, hidden]
         return rms_norm(x, self.weight, self.eps), x
+
+    def _choose_ops(self, x: torch.Tensor) -> None:
+        """The registered faster ops for ``x``'s device and dtype (see
+        :mod:`octavo.layers.layer_ops`), else the torch code; chosen at the first forward in
+        a dtype and kept, since a lookup per call costs as much as a small op."""
+        self._rms_norm = find_layer_op("rms_norm", x) or rms_norm
+        self._fused_add_rms_norm = find_layer_op("fused_add_rms_norm", x)
+        self._ops_dtype = x.dtype
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
