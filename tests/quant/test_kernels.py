@@ -62,3 +62,5 @@ def test_the_fast_kernel_drops_the_checkpoint_tensors():
     assert not hasattr(layer, "qweight")
     after = sum(b.numel() * b.element_size() for b in layer.buffers())
     assert after < before and after < 64 * 256  # under a byte per weight
+    method.process_weights_after_loading(layer)  # a second call keeps the packed kernel
+    assert isinstance(layer.quant_kernel, Int4CpuKernel)

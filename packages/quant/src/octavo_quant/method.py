@@ -99,6 +99,8 @@ class GroupQuantMethod(QuantizationMethod):
         return layer.quant_kernel(layer, x, bias)
 
     def process_weights_after_loading(self, layer):
+        if layer.quant_kernel.owns_weights:  # already repacked (a second call)
+            return
         kernel = select_kernel(self, layer)
         if kernel.owns_weights:  # the kernel holds its own copy: drop the checkpoint's
             for spec in self.params(layer.quant_geometry):
