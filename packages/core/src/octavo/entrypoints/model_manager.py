@@ -309,8 +309,8 @@ class ModelManager:
         estimate = (int(spec.memory_gib * GiB) if spec.memory_gib is not None
                     else estimate_bytes(spec.model, spec.options))
         self._make_room(estimate, model)
-        logger.info("loading %r from %s (%s; estimate %.2f GiB, %s)", model.name, spec.model,
-                    reason, estimate / GiB, self._budget_text())
+        logger.info("loading %r from %s (%s; estimate %s, %s)", model.name, spec.model,
+                    reason, _size(estimate), self._budget_text())
         model.reserved_bytes += estimate
         start = time.monotonic()
         try:
@@ -325,8 +325,8 @@ class ModelManager:
         seconds = time.monotonic() - start
         model.num_loads += 1
         model.max_model_len = llm.info.max_model_len
-        logger.info("loaded %r in %.2f s: %.2f GiB measured (estimate %.2f GiB)", model.name,
-                    seconds, measured / GiB, estimate / GiB)
+        logger.info("loaded %r in %.2f s: %s measured (estimate %s)", model.name, seconds,
+                    _size(measured), _size(estimate))
         self._emit("load", model.name, seconds=seconds, bytes=measured)
         engine = Engine(llm, spec.model, measured, seconds)
         self._make_room(0, model, strict=False, extra=measured)
@@ -351,9 +351,9 @@ class ModelManager:
             chosen.append(victim)
             freed += victim.engine.memory_bytes
         if freed < over:
-            message = (f"loading {model.name!r} needs {need / GiB:.2f} GiB but only "
-                       f"{(budget - self.used_bytes() - extra + freed) / GiB:.2f} GiB of the "
-                       f"{budget / GiB:.2f} GiB budget can be freed ({self._holders(model)}); "
+            message = (f"loading {model.name!r} needs {_size(need + extra)} but only "
+                       f"{_size(budget - self.used_bytes() + freed)} of the "
+                       f"{_size(budget)} budget can be freed ({self._holders(model)}); "
                        "retry when requests to other models finish")
             if strict:
                 raise InsufficientMemory(message)
@@ -364,18 +364,18 @@ class ModelManager:
                                  f"used: idle {idle:.1f} s)")
 
     def _holders(self, model: ManagedModel) -> str:
-        held = [f"{m.name}: {(m.engine.memory_bytes if m.engine else m.reserved_bytes) / GiB:.2f}"
-                f" GiB, {_why_kept(m)}" for m in self._models.values()
+        held = [f"{m.name}: {_size(m.engine.memory_bytes if m.engine else m.reserved_bytes)}, "
+                f"{_why_kept(m)}" for m in self._models.values()
                 if m is not model and (m.engine or m.reserved_bytes)]
-        held += [f"a swapped-out engine: {e.memory_bytes / GiB:.2f} GiB, draining"
+        held += [f"a swapped-out engine: {_size(e.memory_bytes)}, draining"
                  for e in self._draining]
         return "; ".join(held) or "nothing else is loaded"
 
     def _budget_text(self) -> str:
         if self.memory_budget_bytes is None:
             return "no memory budget"
-        return (f"{self.used_bytes() / GiB:.2f} of {self.memory_budget_bytes / GiB:.2f} GiB "
-                "budget in use")
+        return (f"{_size(self.used_bytes())} of the {_size(self.memory_budget_bytes)} budget "
+                "in use")
 
     def _retire(self, model: ManagedModel, reason: str) -> None:
         engine, model.engine = model.engine, None
@@ -405,7 +405,7 @@ class ModelManager:
     async def _stop(self, llm: AsyncLLM, name: str, memory_bytes: int) -> None:
         await llm.shutdown()
         self._stopping.discard(asyncio.current_task())
-        logger.info("freed an engine of %r (%.2f GiB)", name, memory_bytes / GiB)
+        logger.info("freed an engine of %r (%s)", name, _size(memory_bytes))
 
     # -- idle unloading ------------------------------------------------------------------
 
@@ -447,6 +447,13 @@ def _why_kept(model: ManagedModel) -> str:
     if model.spec.pinned:
         return "pinned"
     return f"{model.engine.leases} requests in flight" if model.engine.leases else "idle"
+
+
+def _size(num_bytes: int) -> str:
+    """``1.50 GiB``, or ``12.3 MiB`` below a GiB."""
+    if abs(num_bytes) >= GiB:
+        return f"{num_bytes / GiB:.2f} GiB"
+    return f"{num_bytes / (1 << 20):.1f} MiB"
 
 
 def _retrieve(future: asyncio.Future) -> None:
