@@ -170,19 +170,21 @@ def test_two_models_interleaved_and_concurrent_requests_get_their_own_tokens(fol
 
 
 def test_lazy_load_happens_once_for_8_concurrent_first_requests(folders, hf):
-    server = start(spec(folders, "llama"))
+    server = start(spec(folders, "llama"), spec(folders, "gpt2"))
     try:
         assert num_loads(server, "llama") == 0
+        names = ["llama"] * 8 + ["gpt2"] * 2  # and two first requests to another model
 
         async def first_requests():
             async with httpx.AsyncClient(timeout=60) as client:
                 return await asyncio.gather(*(client.post(f"{server.url}/completions", json={
-                    "model": "llama", "prompt": PROMPTS[0], "max_tokens": 12,
-                    "temperature": 0, "ignore_eos": True}) for _ in range(8)))
+                    "model": name, "prompt": PROMPTS[0], "max_tokens": 12,
+                    "temperature": 0, "ignore_eos": True}) for name in names))
 
-        for response in asyncio.run(first_requests()):
-            assert_hf_exact(response, hf["llama"], PROMPTS[0])
+        for name, response in zip(names, asyncio.run(first_requests())):
+            assert_hf_exact(response, hf[name], PROMPTS[0])
         assert num_loads(server, "llama") == 1
+        assert num_loads(server, "gpt2") == 1  # loaded beside llama, at the same time
         assert_hf_exact(complete(server, "llama", PROMPTS[1]), hf["llama"], PROMPTS[1])
         assert num_loads(server, "llama") == 1
         metrics = scrape(server.base_url, "llama")
