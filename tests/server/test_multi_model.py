@@ -100,9 +100,10 @@ def spec(folders, name: str, **kwargs) -> ModelSpec:
     return ModelSpec(name, folders[name], dict(ENGINE), **kwargs)
 
 
-def start(*specs: ModelSpec, budget_bytes: int | None = None, **settings) -> BackgroundServer:
+def start(*specs: ModelSpec, budget_bytes: int | None = None, idle_unload_s=None,
+          **settings) -> BackgroundServer:
     manager = ModelManager(specs=list(specs), memory_budget_gib=None if budget_bytes is None
-                           else budget_bytes / (1 << 30))
+                           else budget_bytes / (1 << 30), idle_unload_s=idle_unload_s)
     return BackgroundServer(manager, ServerSettings(**settings)).start()
 
 
@@ -352,5 +353,22 @@ def test_bad_input_unknown_models_bad_swaps_and_admin_without_key(folders, hf, t
         assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
         assert states(server, AUTH) == {"llama": "loaded", "gpt2": "unloaded"}
         assert unloads(server, "gpt2") == {"asked": 1}
+    finally:
+        server.stop()
+
+
+def test_an_idle_model_is_unloaded_and_loads_again_on_its_next_request(folders, hf):
+    server = start(spec(folders, "llama"), spec(folders, "gpt2", pinned=True),
+                   idle_unload_s=0.5)
+    try:
+        for name in ("llama", "gpt2"):
+            assert_hf_exact(complete(server, name, PROMPTS[0]), hf[name], PROMPTS[0])
+        deadline = time.monotonic() + 10
+        while states(server)["llama"] != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert states(server) == {"llama": "unloaded", "gpt2": "loaded"}  # pinned stays
+        assert unloads(server, "llama") == {"idle": 1}
+        assert_hf_exact(complete(server, "llama", PROMPTS[1]), hf["llama"], PROMPTS[1])
+        assert num_loads(server, "llama") == 2
     finally:
         server.stop()
