@@ -30,6 +30,8 @@ class PreemptionPolicy(ABC):
         return None
 
     def _recompute(self, request: Request, kv_cache: KVCacheManager) -> str:
+        logger.debug("request %s preempted: %d tokens to recompute", request.req_id,
+                     request.num_computed_tokens)
         kv_cache.free(request)
         request.num_computed_tokens = 0
         self.counts["recompute"] += 1
@@ -51,6 +53,8 @@ class SwapPreemption(PreemptionPolicy):
     def preempt(self, request, kv_cache):
         if self.should_swap(request, kv_cache):
             if kv_cache.swap_out(request):
+                logger.debug("request %s preempted: %d computed tokens swapped out",
+                             request.req_id, request.num_computed_tokens)
                 self.counts["swap"] += 1
                 return "swap"
             self._warn_full(request)
