@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from bench_linear import load, machine_line, time_interleaved, wait_for_quiet
+from bench_linear import load, start, time_interleaved, wait_for_quiet
 
 from octavo.attention.torch_backend import write_kv_cache
 from octavo.layers.activation import silu_and_mul
@@ -97,11 +97,7 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each row count, wait up to this long for an idle second")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
-    generator = torch.Generator().manual_seed(0)
-    print(machine_line())
+    generator = start(args)
     print(f"us per call: median (best) of {args.repeats} repeats of {args.calls} calls; "
           "x = torch / octavo")
     print(f"{'op':>18} {'dtype':>8} {'M':>5} | {'torch':^18} | {'octavo_cpu':^18} | "

@@ -161,6 +161,15 @@ def bench_line(label: str, m: int, shapes, layers: int, scale: float, repeats: i
             f"| {vs:5.2f}x | {max_diff(runs):.1e} | {before}")
 
 
+def start(args: argparse.Namespace) -> torch.Generator:
+    """Apply ``--threads``, turn autograd off, print the machine line; a seeded generator."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    print(machine_line())
+    return torch.Generator().manual_seed(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--m", type=int, nargs="+", default=list(DEFAULT_M), help="rows")
@@ -171,11 +180,7 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each line, wait up to this long for an idle second")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
-    generator = torch.Generator().manual_seed(0)
-    print(machine_line())
+    generator = start(args)
     print("ms per pass scaled to 30 layers (120 products), or per LM head: median (best) of "
           f"{args.repeats}; GB/s and GFLOP/s of octavo's median; x = oneDNN / octavo; "
           "diff = octavo vs F.linear, max relative to max |y|")
