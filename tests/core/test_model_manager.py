@@ -259,9 +259,14 @@ def tiny_folder(tmp_path_factory):
 ENGINE = dict(device="cpu", block_size=4, num_gpu_blocks_override=64, dtype="float32")
 
 
-def test_estimate_is_close_to_the_measured_engine(tiny_folder):
+@pytest.mark.parametrize("layer_ops", [None, "onednn", "torch"])  # None: the best installed
+def test_estimate_is_close_to_the_measured_engine(tiny_folder, monkeypatch, layer_ops):
+    """Whatever holds the weights (the CPU kernels' panels, oneDNN's opaque packed tensors or
+    plain tensors), the measurement counts them."""
     from octavo import AsyncLLM
 
+    if layer_ops is not None:
+        monkeypatch.setenv("OCTAVO_LAYER_OPS", layer_ops)
     llm = AsyncLLM(str(tiny_folder), **ENGINE)
     measured = engine_tensor_bytes(llm)
     runner = llm.engine.core.runner

@@ -83,5 +83,8 @@ def _module_tensors(model: torch.nn.Module):
 def _count(tensor: torch.Tensor, seen: dict[int, int]) -> None:
     if tensor.is_meta:
         return
+    if tensor.is_mkldnn:  # oneDNN's packed weights are opaque: no storage to ask
+        seen[id(tensor)] = tensor.numel() * tensor.element_size()
+        return
     storage = tensor.untyped_storage()
     seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
