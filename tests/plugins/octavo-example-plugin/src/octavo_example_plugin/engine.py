@@ -37,7 +37,8 @@ class ExampleScheduler(Scheduler):
 
     def request_counts(self) -> RequestCounts:
         counts = self._policy.request_counts()
-        return RequestCounts(running=counts.running, waiting=counts.waiting)
+        return RequestCounts(running=counts.running, waiting=counts.waiting,
+                             swapped=counts.swapped)
 
 
 class ExampleKVCacheManager(PagedKVCacheManager):
