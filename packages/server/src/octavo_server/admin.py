@@ -1,18 +1,44 @@
 """Admin routes: load, unload, pin and swap a served model (behind ``--api-key``).
 
-Each answers the model's card as it is afterwards (``GET /v1/models/{name}``'s shape).
+Each answers the model's card as it is afterwards (``GET /v1/models/{name}``'s shape). A swap
+makes the server read any checkpoint path it is given, so a server that listens beyond the
+loopback interface answers them only when it has an API key (403 otherwise).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import ipaddress
 
+from fastapi import APIRouter, Depends, Request
+
+from octavo_server.errors import APIError
 from octavo_server.info import model_card
 from octavo_server.models import api_errors
 from octavo_server.protocol import ModelCard, SwapRequest
 from octavo_server.state import app_state
 
-router = APIRouter(prefix="/admin/models", tags=["admin"])
+
+def admin_allowed(host: str, api_key: str | None) -> bool:
+    """With a key always; without one only on a loopback address (``localhost``, 127.0.0.0/8,
+    ``::1``), which only this machine reaches."""
+    if api_key is not None or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _require_a_key_beyond_loopback(request: Request) -> None:
+    settings = app_state(request).settings
+    if not admin_allowed(settings.host, settings.api_key):
+        raise APIError(403, f"admin routes are off: this server listens on {settings.host} "
+                       "without an API key; start it with --api-key KEY (or on 127.0.0.1)",
+                       code="admin_routes_disabled")
+
+
+router = APIRouter(prefix="/admin/models", tags=["admin"],
+                   dependencies=[Depends(_require_a_key_beyond_loopback)])
 
 
 @router.post("/{name:path}/load")
