@@ -65,10 +65,12 @@ inline float rounded(float v) {
   return to_float(from_float<T>(v));
 }
 
-// Rows per parallel_for task: enough that a task holds about this many elements, since
-// waking the second thread costs more than a few microseconds of work (decode batches of a
-// small model stay on the calling thread; prefill chunks split).
-constexpr int64_t kMinElementsPerTask = 32 * 1024;
+// Rows per parallel_for task: enough that a task holds about this many elements (about 30 us
+// of SiLU on one Zen 3 core). Splitting 16 decode rows of SmolLM2's SiLU (49 K elements) over
+// two threads saved 8 us at best but cost 0.2-1.4 ms at the median when another process held
+// the other core (bench_layer_ops, load 5-9), so decode batches of a small model stay on the
+// calling thread and prefill chunks split.
+constexpr int64_t kMinElementsPerTask = 64 * 1024;
 
 inline int64_t rows_per_task(int64_t row_elements) {
   return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(row_elements, 1));
