@@ -97,8 +97,9 @@ def set_threads(threads: int | None) -> int:
             raise click.UsageError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        click.echo("note: OMP_WAIT_POLICY is not PASSIVE; with few cores OpenMP's busy-wait "
-                   "can make torch several times slower when anything else runs", err=True)
+        click.echo("note: OMP_WAIT_POLICY is not PASSIVE (Octavo's default, octavo.threads); "
+                   "with few cores OpenMP's busy-wait can make torch several times slower when "
+                   "anything else runs", err=True)
     return torch.get_num_threads()
 
 

@@ -7,6 +7,10 @@
 
 from typing import TYPE_CHECKING
 
+from octavo.threads import apply_openmp_defaults
+
+apply_openmp_defaults()  # before torch loads, or it is too late (octavo.threads)
+
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
