@@ -137,3 +137,33 @@ def test_layers_choose_their_layer_ops_once_per_dtype(monkeypatch):
                          ("silu_and_mul", torch.float32)]
     assert gated(x.double()) == ("fast", "silu_and_mul")
     assert looked_up[-1] == ("silu_and_mul", torch.float64)
+
+
+def test_attention_chooses_its_rotary_once_per_dtype(monkeypatch):
+    """forward_qkv looks the rotary op up at its first forward in a dtype and keeps it; the
+    result equals the separate rotary + attention path."""
+    from octavo.layers import layer_ops
+    from octavo.layers.rotary import apply_rotary_torch
+
+    looked_up = []
+
+    def fake_find(op, x):
+        looked_up.append((op, x.dtype))
+        return apply_rotary_torch
+
+    monkeypatch.setattr(layer_ops, "find_layer_op", fake_find)
+    heads, kv_heads, d, block = 4, 2, 8, 4
+    attn = Attention(heads, d, kv_heads, d ** -0.5, TorchAttentionBackend)
+    meta = build_attention_metadata([0], [3], [[1]], block)
+    cos, sin = randn(3, d // 2), randn(3, d // 2)
+    for _ in range(3):
+        caches = (torch.zeros(2, block, kv_heads, d), torch.zeros(2, block, kv_heads, d))
+        qkv = randn(3, (heads + 2 * kv_heads) * d)
+        out = attn.forward_qkv(qkv, (cos, sin), caches, meta)
+        qk = apply_rotary_torch(qkv[:, :(heads + kv_heads) * d].view(3, heads + kv_heads, d),
+                                cos, sin)
+        v = qkv[:, (heads + kv_heads) * d:].view(3, kv_heads, d)
+        expected = paged_attention_reference(qk[:, :heads], *caches, meta, d ** -0.5)
+        torch.testing.assert_close(out, expected.reshape(3, -1))
+        torch.testing.assert_close(caches[1][1, :3], v)
+    assert looked_up == [("rotary", torch.float32)]
