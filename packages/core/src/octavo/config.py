@@ -29,6 +29,9 @@ class ModelSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_model_len: int | None = Field(None, gt=0, description="Defaults to the model's context.")
     attention_backend: str | None = Field(None, description="None: best supported backend.")
+    quantization: str | None = Field(
+        None, description="A registered quantization method (gptq, awq; `octavo plugins` "
+        "lists them) the checkpoint must use; None: whatever its quantization config says.")
     seed: int = Field(0, description="Seeds the generator of requests that give no seed.")
     trust_remote_code: bool = False
 

@@ -274,8 +274,9 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     kv_spec = cls.kv_cache_spec(config)
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
                                        settings.attention_backend)
+    quantization = quantization_method_for(config, source.folder, settings.quantization)
     ctx = ModelContext(attention_backend=backend, dtype=dtype, device=device,
-                       quantization=quantization_method_for(config, source.folder))
+                       quantization=quantization)
     fmt, files = find_weight_files(source)  # before building: fail fast on an empty folder
     model = build_model(cls, config, ctx)
     load_weights(model, fmt, files, config)

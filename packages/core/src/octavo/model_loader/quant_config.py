@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from octavo.layers.quantization import UnquantizedMethod
 from octavo.plugins import quantization_methods
 
 # side file -> the quant_method its writers leave implicit
@@ -40,18 +41,37 @@ def find_quantization_config(config: Any,
     return None
 
 
-def quantization_method_for(config: Any, folder: Path | None):
-    """The quantization method a checkpoint asks for, built from its config; None if dense."""
+def quantization_method_for(config: Any, folder: Path | None, requested: str | None = None):
+    """The quantization method a checkpoint asks for, built from its config; None if dense.
+
+    ``requested`` (``--quantization``) names the registered method the checkpoint must use
+    (``"none"``: a dense checkpoint): an unknown name, or one that is not the checkpoint's
+    ``quant_method``, is a one-line ValueError.
+    """
+    registry = quantization_methods()
+    if requested is not None and requested not in registry:
+        raise ValueError(f"unknown quantization method {requested!r} (--quantization, "
+                         f"OCTAVO_QUANTIZATION); registered: {_names(registry)}")
     found = find_quantization_config(config, folder)
     if found is None:
+        if requested not in (None, UnquantizedMethod.name):
+            raise ValueError(f"--quantization {requested}: the checkpoint is not quantized "
+                             "(no quantization_config in config.json, no quantize_config.json "
+                             "or quant_config.json)")
         return None
     raw, where = found
     method = raw.get("quant_method")
-    registry = quantization_methods()
+    if requested is not None and requested != method:
+        raise ValueError(f"--quantization {requested} does not match the checkpoint's "
+                         f"quant_method {method!r} ({where})")
     if method not in registry:
         raise ValueError(f"{where}: quantization method {method!r} is not supported; "
-                         f"registered: {', '.join(sorted(registry))}; {registry.install_hint()}")
+                         f"registered: {_names(registry)}; {registry.install_hint()}")
     try:
         return registry.get(method).from_config(raw)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
+
+
+def _names(registry) -> str:
+    return ", ".join(sorted(registry)) or "none"
