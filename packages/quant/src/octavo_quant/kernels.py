@@ -1,4 +1,4 @@
-"""The products of a quantized linear layer: the reference, and the fast CPU int4 kernel.
+"""The products of a quantized linear layer: the reference, the CPU int4 and the Triton kernels.
 
 ``ReferenceKernel`` dequantizes the checkpoint tensors on every call and runs the dense
 product: exact (float32 dequantization) and the oracle of every other kernel, but it rebuilds
@@ -13,11 +13,15 @@ matches the reference to bfloat16 rounding, not bit for bit. Its groups must be 
 32-256 input features: a group of -1, partial last groups and activation order (``g_idx``
 permuted, a gather of the input columns per call) are mapped onto that.
 
+``TritonKernel`` (CUDA, where Triton is installed) is a fused dequantize-and-multiply for any
+bit width, group size and ``g_idx`` (:mod:`octavo_quant.triton_gemm`).
+
 ``OCTAVO_QUANT_KERNEL=reference`` forces the reference everywhere.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -99,6 +103,56 @@ class Int4CpuKernel(nn.Module):
                    None if identity else perm, weight.in_features, weight.out_features)
 
 
+class TritonKernel(nn.Module):
+    """The fused dequantize-and-multiply Triton kernel (CUDA), :mod:`octavo_quant.triton_gemm`.
+
+    Any bit width, group size and ``g_idx``; the weight is repacked once into the kernel's
+    layout (codes packed along the input features, uint8 zeros), whatever the format.
+    """
+
+    owns_weights = True
+    name = "triton"
+
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 g_idx: torch.Tensor, bits: int, group_size: int) -> None:
+        super().__init__()
+        self.register_buffer("packed", packed, persistent=False)  # [ceil(in / pack), out]
+        self.register_buffer("scales", scales, persistent=False)  # [G, out]
+        self.register_buffer("zeros", zeros, persistent=False)  # [G, out] uint8
+        self.register_buffer("g_idx", g_idx, persistent=False)  # [in] int32
+        self.bits = bits
+        self.group_size = group_size  # contiguous groups of this size, or 0: read g_idx
+        self.in_features = g_idx.shape[0]
+        self.out_features = scales.shape[1]
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+        from octavo_quant.triton_gemm import dequant_matmul
+
+        rows = x.reshape(-1, self.in_features)
+        out = dequant_matmul(rows, self.packed, self.scales, self.zeros, self.g_idx, bias,
+                             self.bits, self.group_size)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    @classmethod
+    def build(cls, weight: UnpackedWeight) -> TritonKernel:
+        from octavo_quant.packing import pack_rows
+        from octavo_quant.triton_gemm import BLOCK_K
+
+        size = int((weight.g_idx == 0).sum())  # the first group's
+        g_idx = weight.g_idx.cpu()
+        contiguous = size > 0 and torch.equal(g_idx, torch.arange(len(g_idx)) // size)
+        group_size = size if contiguous and size % BLOCK_K == 0 else 0
+        return cls(pack_rows(weight.qweight, weight.bits), weight.scales.contiguous(),
+                   weight.zeros.to(torch.uint8).contiguous(),
+                   weight.g_idx.to(torch.int32).contiguous(), weight.bits, group_size)
+
+
+def triton_available() -> bool:
+    """Whether Triton is importable (the kernel module imports it only when first used)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _contiguous_group_size(g_sorted: torch.Tensor) -> int | None:
     """The largest op group size whose runs of ``g_sorted`` each lie in one group."""
     for size in INT4_GROUP_SIZES:
@@ -111,12 +165,16 @@ def _contiguous_group_size(g_sorted: torch.Tensor) -> int | None:
 
 
 def select_kernel(method: GroupQuantMethod, layer: nn.Module):
-    """The fastest kernel that runs ``layer`` here: int4 on the CPU, else the reference."""
+    """The fastest kernel that runs ``layer`` here: Triton on CUDA (where it is installed),
+    int4 on the CPU, else the reference."""
     reference = ReferenceKernel(method)
     if os.environ.get(KERNEL_ENV, "auto") == "reference":
         return reference
     weight = method.unpack(layer)  # also validates the loaded tensors
-    if weight.bits != 4 or weight.qweight.device.type != "cpu":
+    device = weight.qweight.device.type
+    if device == "cuda" and triton_available():
+        return TritonKernel.build(weight)
+    if weight.bits != 4 or device != "cpu":
         return reference
     kernel = Int4CpuKernel.build(weight)
     if kernel is None:

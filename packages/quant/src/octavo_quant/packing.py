@@ -59,3 +59,16 @@ def gptq_v1_word_offset(bits: int) -> int:
 def gptq_v1_zeros_to_v2(words: torch.Tensor, bits: int) -> torch.Tensor:
     """v1 packed zeros (``zero - 1``, borrows included) -> v2 packed zeros, as int64 words."""
     return (words.to(torch.int64) + gptq_v1_word_offset(bits)) & WORD_MASK
+
+
+def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """``[rows, cols]`` values in ``[0, 2**bits)`` -> ``[ceil(rows / pack), cols]`` int32 words
+    packed along dim 0, lowest bits first (the inverse of :func:`unpack_rows`; missing rows of
+    the last word are 0)."""
+    pack = pack_factor(bits)
+    rows, cols = values.shape
+    padded = torch.zeros(-(-rows // pack) * pack, cols, dtype=torch.int64, device=values.device)
+    padded[:rows] = values
+    shifts = torch.arange(0, 32, bits, device=values.device, dtype=torch.int64)
+    words = (padded.view(-1, pack, cols) << shifts[:, None]).sum(dim=1)  # [rows / pack, cols]
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
