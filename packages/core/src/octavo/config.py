@@ -26,7 +26,9 @@ class ModelSettings(BaseSettings):
         "auto", description="auto: on CPU bfloat16 where this CPU has bf16 product instructions "
                 "(AMX, AVX512-BF16) and they measure faster, else float32; on CUDA the "
                 "checkpoint's dtype (or bfloat16).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="A registered platform (cpu, cuda, or a "
+                        "plugin's; `octavo plugins` lists them), or auto: the available one "
+                        "with the highest priority (CUDA when there is a GPU).")
     max_model_len: int | None = Field(None, gt=0, description="Defaults to the model's context.")
     attention_backend: str | None = Field(None, description="None: best supported backend.")
     quantization: str | None = Field(

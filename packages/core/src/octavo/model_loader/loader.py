@@ -22,13 +22,13 @@ from torch import nn
 
 from octavo.attention import select_attention_backend
 from octavo.config import ModelSettings
-from octavo.cpu import fastest_cpu_dtype
 from octavo.layers.weight_loading import required_parameter_names
 from octavo.model_loader import gguf_cache
 from octavo.model_loader.quant_config import quantization_method_for
 from octavo.model_loader.source import ModelSource, demo_model_path, resolve_model_source
 from octavo.model_loader.weights import WeightFormat
 from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
+from octavo.platforms import Platform, platform_for, resolve_platform
 from octavo.plugins import models, weight_formats
 
 __all__ = [
@@ -158,27 +158,20 @@ def _as_ids(value: int | list[int] | None) -> set[int]:
 
 # -- device, dtype, model class -------------------------------------------------------------
 def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available")
-    return torch.device(device)
+    """The ``torch.device`` of the registered platform ``device`` names (``auto``: the
+    available one with the highest priority, CUDA when there is a GPU, else the CPU)."""
+    return resolve_platform(device).device()
 
 
-def resolve_dtype(dtype: str, device: torch.device, config: Any) -> torch.dtype:
-    """``auto``: on the CPU the dtype whose products this CPU runs fastest
-    (:func:`octavo.cpu.fastest_cpu_dtype`: bfloat16 only where it has bf16 product
-    instructions and bfloat16 measures faster); on CUDA the checkpoint's float16/bfloat16, else
-    bfloat16."""
+def resolve_dtype(dtype: str, device: torch.device, config: Any,
+                  platform: Platform | None = None) -> torch.dtype:
+    """``auto``: the platform's choice (``platform``, else the one driving ``device``): on the
+    CPU the dtype whose products this CPU runs fastest (:func:`octavo.cpu.fastest_cpu_dtype`:
+    bfloat16 only where it has bf16 product instructions and bfloat16 measures faster); on CUDA
+    the checkpoint's float16/bfloat16, else bfloat16."""
     if dtype != "auto":
         return _DTYPES[dtype]
-    if device.type == "cpu":
-        return fastest_cpu_dtype().dtype
-    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(stored, str):
-        stored = _DTYPES.get(stored)
-    return stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return (platform or platform_for(device)).default_dtype(config)
 
 
 def model_class(config: Any) -> type[CausalLM]:
@@ -267,13 +260,15 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     source = resolve_model_source(settings.model)
     config = load_hf_config(source, settings.trust_remote_code)
     tokenizer = load_tokenizer(source, settings.tokenizer, settings.trust_remote_code)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device, config)
+    platform = resolve_platform(settings.device)
+    device = platform.device()
+    dtype = resolve_dtype(settings.dtype, device, config, platform)
     cls = model_class(config)
     config = cls.adapt_config(config)  # once: the cache spec and the model get this config
     kv_spec = cls.kv_cache_spec(config)
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
-                                       settings.attention_backend)
+                                       settings.attention_backend,
+                                       preferred=platform.attention_backends)
     quantization = quantization_method_for(config, source.folder, settings.quantization)
     ctx = ModelContext(attention_backend=backend, dtype=dtype, device=device,
                        quantization=quantization)
