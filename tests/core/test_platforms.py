@@ -87,3 +87,20 @@ def test_the_example_platform_is_selected_with_its_dtype_and_backend(tiny_llama,
     ref = LLM(str(tiny_llama), device="cpu", dtype="float32", attention_backend="torch",
               num_gpu_blocks_override=32, block_size=4)
     assert got == [o.outputs[0].token_ids for o in ref.generate(prompts, params)]
+
+
+def test_kv_cache_size_comes_from_the_platforms_memory(monkeypatch):
+    from octavo.config import CacheSettings
+    from octavo.engine.builder import num_kv_blocks
+    from octavo.modeling import KVCacheSpec
+
+    spec = KVCacheSpec(num_layers=2, num_kv_heads=2, head_size=64)
+    cache = CacheSettings(block_size=16, gpu_memory_utilization=0.5)
+    block_bytes = spec.bytes_per_token(torch.float32) * 16
+    cpu = torch.device("cpu")
+    assert num_kv_blocks(cache, spec, torch.float32, cpu) == (1 << 30) // block_bytes  # default
+    gib = 1 << 30
+    monkeypatch.setattr(CpuPlatform, "memory_info", lambda self, device: (3 * gib, 4 * gib))
+    budget = 2 * gib - 1 * gib - 1000  # half of total, less what is used, less activations
+    assert num_kv_blocks(cache, spec, torch.float32, cpu, activation_bytes=1000) \
+        == budget // block_bytes

@@ -15,6 +15,7 @@ from octavo.kv_cache.manager import KVCacheManager
 from octavo.kv_cache.swapper import TierUnavailable
 from octavo.kv_cache.tier import KVTier
 from octavo.modeling import KVCaches, KVCacheSpec
+from octavo.platforms import platform_for
 from octavo.plugins import kv_cache_managers, schedulers, swappers
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,15 @@ class EngineConfig:
 
 def num_kv_blocks(cache: CacheSettings, spec: KVCacheSpec, dtype: torch.dtype,
                   device: torch.device, activation_bytes: int = 0) -> int:
-    """How many blocks fit the byte budget (explicit, or free memory on CUDA)."""
+    """How many blocks fit the byte budget: explicit, or what the platform's free memory
+    allows (CUDA), or a fixed default where the platform reports none (the CPU)."""
     if cache.num_gpu_blocks_override is not None:
         return cache.num_gpu_blocks_override
     block_bytes = spec.bytes_per_token(dtype) * cache.block_size
     if cache.kv_cache_memory_gib is not None:
         budget = int(cache.kv_cache_memory_gib * GiB)
-    elif device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
+    elif (memory := platform_for(device).memory_info(device)) is not None:
+        free, total = memory  # the platform's device memory (CUDA's)
         budget = int(total * cache.gpu_memory_utilization) - (total - free) - activation_bytes
     else:
         budget = int(DEFAULT_CPU_KV_CACHE_GIB * GiB)
