@@ -1,5 +1,5 @@
 """Every name any installed plugin registers — models, schedulers, KV cache managers, swappers,
-weight formats, quantization methods — has a conformance suite class verifying it.
+weight formats, quantization methods, platforms — has a conformance suite class verifying it.
 
 The check runs over the classes collected in this session, so it lives at the top of the test
 tree: it runs with the whole tree (``pytest``, ``pytest tests``), not with one area's folder
@@ -74,7 +74,7 @@ def test_an_uncovered_architecture_fails_by_name():
 @pytest.mark.parametrize("hook, name", [
     ("register_schedulers", "priority"), ("register_kv_cache_managers", "paged"),
     ("register_swappers", "disk"), ("register_weight_formats", "*.gguf"),
-    ("register_quantization_methods", "none")])
+    ("register_quantization_methods", "none"), ("register_platforms", "cuda")])
 def test_an_uncovered_name_of_any_registry_fails_by_name(hook, name):
     coverage = _full_coverage()
     del coverage[hook][name]

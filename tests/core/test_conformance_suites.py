@@ -1,5 +1,5 @@
-"""Core's registered schedulers, KV cache managers, swappers and quantization method, each run
-through its conformance suite from ``octavo.testing`` (the suites a plugin author runs)."""
+"""Core's registered schedulers, KV cache managers, swappers, quantization method and
+platforms, each run through its conformance suite from ``octavo.testing`` (the suites a plugin author runs)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from octavo.engine.scheduler import FCFSScheduler
 from octavo.kv_cache.manager import PagedKVCacheManager
 from octavo.layers.quantization import UnquantizedMethod
 from octavo.testing.kv_cache_suite import KVCacheManagerSuite
+from octavo.testing.platform_suite import PlatformSuite
 from octavo.testing.quantization_suite import QuantizationMethodSuite
 from octavo.testing.scheduler_suite import SchedulerSuite
 from octavo.testing.swapper_suite import SwapperSuite
@@ -39,6 +40,14 @@ class TestDiskSwapper(SwapperSuite):
 class TestUnquantizedMethod(QuantizationMethodSuite):
     registered_name = "none"
 
+
+
+class TestCpuPlatform(PlatformSuite):
+    registered_name = "cpu"
+
+
+class TestCudaPlatform(PlatformSuite):
+    registered_name = "cuda"  # the device tests skip without a GPU
 
 # -- the suites catch what they claim to: broken implementations fail them ------------------
 class _LeakyManager(PagedKVCacheManager):

@@ -1,4 +1,4 @@
-"""The example plugin's engine components, quantization method and weight format, each run
+"""The example plugin's engine components, quantization method, weight format and platform, each run
 through Octavo's conformance suite: what a third-party plugin does to test itself."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from octavo.testing.kv_cache_suite import KVCacheManagerSuite
+from octavo.testing.platform_suite import PlatformSuite
 from octavo.testing.quantization_suite import QuantizationMethodSuite
 from octavo.testing.scheduler_suite import SchedulerSuite
 from octavo.testing.swapper_suite import SwapperSuite
@@ -40,3 +41,7 @@ class TestNpzFormat(WeightFormatSuite):
         path = folder / "model.npz"
         np.savez(path, **{name: t.numpy() for name, t in tensors.items()})
         return [path]
+
+
+class TestExampleCpuPlatform(PlatformSuite):
+    registered_name = "example-cpu"

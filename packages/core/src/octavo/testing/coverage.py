@@ -2,9 +2,9 @@
 
 Octavo's pytest plugin records, once collection is done, which registered names the collected
 suite classes (subclasses of :class:`~octavo.testing.suite.ConformanceSuite`: the model,
-scheduler, KV cache manager, swapper, weight format and quantization method suites) verify,
-per registry hook. Third-party plugins' test classes count too: they are collected in the same
-session. A test then compares that with the registries::
+scheduler, KV cache manager, swapper, weight format, quantization method and platform suites)
+verify, per registry hook. Third-party plugins' test classes count too: they are collected in
+the same session. A test then compares that with the registries::
 
     from octavo.testing.coverage import assert_registries_covered
 
@@ -31,6 +31,7 @@ COVERAGE_KEY = pytest.StashKey[Coverage]()
 COVERED_HOOKS: tuple[str, ...] = (
     "register_models", "register_schedulers", "register_kv_cache_managers",
     "register_swappers", "register_weight_formats", "register_quantization_methods",
+    "register_platforms",
 )
 
 # hook -> the suite a test class subclasses to cover it (for messages)
@@ -42,6 +43,7 @@ SUITES: dict[str, str] = {
     "register_weight_formats": "octavo.testing.weight_format_suite.WeightFormatSuite",
     "register_quantization_methods":
         "octavo.testing.quantization_suite.QuantizationMethodSuite",
+    "register_platforms": "octavo.testing.platform_suite.PlatformSuite",
 }
 
 
