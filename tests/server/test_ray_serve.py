@@ -274,6 +274,8 @@ def test_two_replicas_behind_one_endpoint(tiny_folder):
         metrics = httpx.get(f"{served.url}/metrics", timeout=30)
         assert metrics.status_code == 200 and REPLICA in metrics.headers
         assert 'octavo_generation_tokens_total{model_name="tiny"}' in metrics.text
+        admin = httpx.post(f"{served.url}/admin/models/tiny/unload", timeout=30)
+        assert admin.status_code == 403  # it would act on one replica only
     finally:
         code, left = served.stop()
     assert code == 0 and left == []

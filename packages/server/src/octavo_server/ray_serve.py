@@ -157,8 +157,12 @@ class OctavoIngress:
         self.routing_prefix_chars = routing_prefix_chars
 
     async def __call__(self, request: Request) -> Response:
-        body = await request.body()
         path = request.scope["path"]
+        if path.startswith("/admin/"):
+            return error_response(403, "admin routes are off behind Ray Serve: each would "
+                                  "change one replica's engine; deploy the app again instead",
+                                  code="admin_routes_disabled")
+        body = await request.body()
         forwarded = ForwardedRequest(request.method, path, request.scope["query_string"],
                                      list(request.scope["headers"]), body,
                                      routing_text(path, body, self.routing_prefix_chars))
