@@ -12,13 +12,15 @@
 //           (contiguous runs; a desc_act weight is permuted into group order by the caller)
 //   W[o, k] = scale[g, o] * q[k, o] - (scale * zero)[g, o], computed as one fused multiply-add.
 //
-// Per panel and block of up to 4 rows, the kernel keeps the 4 x 16 block of y in registers;
-// per input feature it loads the panel's 8 bytes of codes once, unpacks them in registers
-// (broadcast, variable shift, mask, convert: 2 vectors of 8 weights), dequantizes with one
-// FMA per vector and feeds every row of the block. One row (decode) streams the 4-bit weight
-// once: an eighth of the bytes of the float32 product. Threads split the panels
-// (at::parallel_for). Accumulation is float32 in order of k; no fast-math. Without AVX2 and
-// FMA (the generic build) a scalar loop computes the same products.
+// Up to 7 rows: per panel and block of up to 4 rows, the kernel keeps the block of y in
+// registers; per input feature it loads the panel's 8 bytes of codes, unpacks them in
+// registers (broadcast, variable shift, mask, convert: 2 vectors of 8 weights), dequantizes
+// with one FMA per vector and feeds every row of the block. One row (decode) streams the 4-bit
+// weight once, an eighth of the bytes of the float32 product, with two sets of accumulators
+// (even and odd k). From 8 rows: each panel is unpacked once into a per-thread float32 buffer
+// [K, 16], which blocks of 6 rows then read as the dense kernel reads its panels. Threads split
+// the panels (at::parallel_for). Accumulation is float32, each k once; no fast-math. Without
+// AVX2 and FMA (the generic build) a scalar loop computes the same products.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -56,92 +59,129 @@ struct Int4Args {
   int64_t cols;  // valid output features of this panel (<= 16)
 };
 
-void store_block(const Int4Args& a, int64_t row, const float* values) {
+void store_row(const Int4Args& a, int64_t row, const float* values) {
   float* out = a.y + row * a.ldy;
   for (int64_t c = 0; c < a.cols; ++c) out[c] = values[c] + (a.bias ? a.bias[c] : 0.0f);
 }
 
 #ifdef OCTAVO_INT4_AVX2
+// Accumulators: a plain vector type, not __m256, which may alias any memory and so would make
+// the compiler keep an array of them in memory, stored on every iteration.
+typedef float Acc __attribute__((vector_size(32)));
+
+// Writes the Rows x 16 accumulators.
 template <int Rows>
-void panel_block(const Int4Args& a) {
-  __m256 acc[Rows][2];
-  for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+inline void store_block(const Int4Args& a, Acc (&acc)[Rows][2]) {
+  alignas(32) float values[kPanel];
+  for (int r = 0; r < Rows; ++r) {
+    _mm256_store_ps(values, (__m256)acc[r][0]);
+    _mm256_store_ps(values + 8, (__m256)acc[r][1]);
+    store_row(a, r, values);
+  }
+}
+
+// The 16 weights of input feature k: the two words unpacked (broadcast, shift each lane by
+// 4 * lane, mask) and dequantized as q * scale - scale * zero.
+inline void unpack16(const uint32_t* words, int64_t k, const __m256 s[2], const __m256 z[2],
+                     Acc& w0, Acc& w1) {
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i mask = _mm256_set1_epi32(0xF);
+  const __m256i q0 = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(words[2 * k])), shifts), mask);
+  const __m256i q1 = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(words[2 * k + 1])), shifts), mask);
+  w0 = (Acc)_mm256_fmsub_ps(_mm256_cvtepi32_ps(q0), s[0], z[0]);
+  w1 = (Acc)_mm256_fmsub_ps(_mm256_cvtepi32_ps(q1), s[1], z[1]);
+}
+
+inline void load_group(const Int4Args& a, int64_t g, __m256 s[2], __m256 z[2]) {
+  const float* sz = a.scale_zero + g * 2 * kPanel;
+  s[0] = _mm256_loadu_ps(sz);
+  s[1] = _mm256_loadu_ps(sz + 8);
+  z[0] = _mm256_loadu_ps(sz + 16);
+  z[1] = _mm256_loadu_ps(sz + 24);
+}
+
+// Up to 4 rows, the panel unpacked per block. One row keeps two sets of accumulators (even
+// and odd k) so consecutive FMAs do not wait on each other; they are added at the end.
+template <int Rows>
+void panel_block(const Int4Args& a) {
+  constexpr int kSets = Rows == 1 ? 2 : 1;
+  Acc acc[kSets][Rows][2] = {};
+  const float* xr[Rows];
+  for (int r = 0; r < Rows; ++r) xr[r] = a.x + r * a.ldx;
   int64_t k = 0;
   for (int64_t g = 0; g < a.groups; ++g) {
-    const float* sz = a.scale_zero + g * 2 * kPanel;
-    const __m256 s0 = _mm256_loadu_ps(sz), s1 = _mm256_loadu_ps(sz + 8);
-    const __m256 z0 = _mm256_loadu_ps(sz + 16), z1 = _mm256_loadu_ps(sz + 24);
-    for (const int64_t end = a.group_ends[g]; k < end; ++k) {
-      const uint32_t* w = a.words + 2 * k;
-      const __m256i q0 = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w[0])), shifts), mask);
-      const __m256i q1 = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w[1])), shifts), mask);
-      const __m256 w0 = _mm256_fmsub_ps(_mm256_cvtepi32_ps(q0), s0, z0);
-      const __m256 w1 = _mm256_fmsub_ps(_mm256_cvtepi32_ps(q1), s1, z1);
+    __m256 s[2], z[2];
+    load_group(a, g, s, z);
+    const int64_t end = a.group_ends[g];
+    for (; k + kSets <= end; k += kSets) {
+      for (int u = 0; u < kSets; ++u) {
+        Acc w0, w1;
+        unpack16(a.words, k + u, s, z, w0, w1);
+        for (int r = 0; r < Rows; ++r) {
+          const float xv = xr[r][k + u];
+          acc[u][r][0] += xv * w0;
+          acc[u][r][1] += xv * w1;
+        }
+      }
+    }
+    for (; k < end; ++k) {
+      Acc w0, w1;
+      unpack16(a.words, k, s, z, w0, w1);
       for (int r = 0; r < Rows; ++r) {
-        const __m256 xb = _mm256_broadcast_ss(a.x + r * a.ldx + k);
-        acc[r][0] = _mm256_fmadd_ps(w0, xb, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(w1, xb, acc[r][1]);
+        const float xv = xr[r][k];
+        acc[0][r][0] += xv * w0;
+        acc[0][r][1] += xv * w1;
       }
     }
   }
-  alignas(32) float values[kPanel];
-  for (int r = 0; r < Rows; ++r) {
-    _mm256_store_ps(values, acc[r][0]);
-    _mm256_store_ps(values + 8, acc[r][1]);
-    store_block(a, r, values);
-  }
+  for (int u = 1; u < kSets; ++u)
+    for (int r = 0; r < Rows; ++r) {
+      acc[0][r][0] += acc[u][r][0];
+      acc[0][r][1] += acc[u][r][1];
+    }
+  store_block<Rows>(a, acc[0]);
 }
+
 // The panel's weights as float32 [K, 16], for blocks of many rows: unpacked once, not once
 // per block of 4 rows.
-void dequantize_panel(const Int4Args& a, int64_t k_dim, float* w) {
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i mask = _mm256_set1_epi32(0xF);
+void dequantize_panel(const Int4Args& a, float* w) {
   int64_t k = 0;
   for (int64_t g = 0; g < a.groups; ++g) {
-    const float* sz = a.scale_zero + g * 2 * kPanel;
-    const __m256 s0 = _mm256_loadu_ps(sz), s1 = _mm256_loadu_ps(sz + 8);
-    const __m256 z0 = _mm256_loadu_ps(sz + 16), z1 = _mm256_loadu_ps(sz + 24);
+    __m256 s[2], z[2];
+    load_group(a, g, s, z);
     for (const int64_t end = a.group_ends[g]; k < end; ++k) {
-      const uint32_t* q = a.words + 2 * k;
-      const __m256i q0 = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(q[0])), shifts), mask);
-      const __m256i q1 = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(q[1])), shifts), mask);
-      _mm256_storeu_ps(w + k * kPanel, _mm256_fmsub_ps(_mm256_cvtepi32_ps(q0), s0, z0));
-      _mm256_storeu_ps(w + k * kPanel + 8, _mm256_fmsub_ps(_mm256_cvtepi32_ps(q1), s1, z1));
+      Acc w0, w1;
+      unpack16(a.words, k, s, z, w0, w1);
+      std::memcpy(w + k * kPanel, &w0, sizeof(Acc));
+      std::memcpy(w + k * kPanel + 8, &w1, sizeof(Acc));
     }
   }
-  (void)k_dim;
 }
 
 template <int Rows>
 void dense_block(const Int4Args& a, const float* w, int64_t k_dim) {
-  __m256 acc[Rows][2];
-  for (int r = 0; r < Rows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  Acc acc[Rows][2] = {};
+  const float* xr[Rows];
+  for (int r = 0; r < Rows; ++r) xr[r] = a.x + r * a.ldx;
   for (int64_t k = 0; k < k_dim; ++k) {
-    const __m256 w0 = _mm256_loadu_ps(w + k * kPanel), w1 = _mm256_loadu_ps(w + k * kPanel + 8);
+    Acc w0, w1;
+    std::memcpy(&w0, w + k * kPanel, sizeof(Acc));
+    std::memcpy(&w1, w + k * kPanel + 8, sizeof(Acc));
     for (int r = 0; r < Rows; ++r) {
-      const __m256 xb = _mm256_broadcast_ss(a.x + r * a.ldx + k);
-      acc[r][0] = _mm256_fmadd_ps(w0, xb, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(w1, xb, acc[r][1]);
+      const float xv = xr[r][k];
+      acc[r][0] += xv * w0;
+      acc[r][1] += xv * w1;
     }
   }
-  alignas(32) float values[kPanel];
-  for (int r = 0; r < Rows; ++r) {
-    _mm256_store_ps(values, acc[r][0]);
-    _mm256_store_ps(values + 8, acc[r][1]);
-    store_block(a, r, values);
-  }
+  store_block<Rows>(a, acc);
 }
 
 void panel_rows_dense(Int4Args a, int64_t rows, int64_t k_dim) {
   thread_local std::vector<float> buffer;
   if (static_cast<int64_t>(buffer.size()) < k_dim * kPanel) buffer.resize(k_dim * kPanel);
-  dequantize_panel(a, k_dim, buffer.data());
+  dequantize_panel(a, buffer.data());
   for (int64_t r = 0; r < rows; r += kDenseRows) {
     Int4Args block = a;
     block.x = a.x + r * a.ldx;
@@ -175,7 +215,7 @@ void panel_block(const Int4Args& a) {
       }
     }
   }
-  for (int r = 0; r < Rows; ++r) store_block(a, r, acc[r]);
+  for (int r = 0; r < Rows; ++r) store_row(a, r, acc[r]);
 }
 #endif
 
