@@ -68,6 +68,7 @@ class SchedulerSuite(ConformanceSuite):
         kv_cache_manager: the registered KV cache manager it runs over.
         block_size: tokens per KV block in every test.
         supports_priority: run the priority test (lower ``Request.priority`` runs first).
+        supports_fork: run the ``n > 1`` test (a request's ``fork_children``).
         max_steps: a run that has not finished after this many steps fails (a scheduler that
             stops making progress).
     """
@@ -76,6 +77,7 @@ class SchedulerSuite(ConformanceSuite):
     kv_cache_manager: ClassVar[str] = "paged"
     block_size: ClassVar[int] = 4
     supports_priority: ClassVar[bool] = False
+    supports_fork: ClassVar[bool] = True
     max_steps: ClassVar[int] = 500
 
     # -- building -----------------------------------------------------------------------------
@@ -302,6 +304,22 @@ class SchedulerSuite(ConformanceSuite):
                 del live[victim]
             self.step(scheduler, live)
         self.run(scheduler, [], live=live)
+        self.check_outputs(everyone)
+
+    def test_n_siblings_share_the_prompt_and_finish(self) -> None:
+        """A request with ``fork_children`` (``n > 1``): every sibling ends with its tokens,
+        and their shared blocks are all free afterwards."""
+        if not self.supports_fork:
+            pytest.skip(f"{self.registered_name!r} declares no n > 1 support (supports_fork)")
+        scheduler = self.make_scheduler(max_num_batched_tokens=32)
+        leader = make_request("lead", 9, max_tokens=5)
+        siblings = [make_request(f"lead#{i}", 9, max_tokens=5) for i in (1, 2)]
+        for sibling in siblings:
+            sibling.prompt_token_ids = list(leader.prompt_token_ids)
+        leader.fork_children = list(siblings)
+        everyone = [leader, *siblings]
+        scheduler.add_request(leader)
+        self.run(scheduler, [], live={r.req_id: r for r in everyone})
         self.check_outputs(everyone)
 
     def test_priority_orders_the_queue(self) -> None:
