@@ -317,9 +317,10 @@ def load_model(settings: ModelSettings, parallel: ParallelConfig | None = None) 
     plan = plan_model(settings)
     parallel = parallel or ParallelConfig()
     check_tensor_parallel(plan, parallel.tensor_parallel_size)
+    quantization = quantization_method_for(plan.hf_config, plan.source.folder,
+                                           settings.quantization)
     ctx = ModelContext(attention_backend=plan.attention_backend, dtype=plan.dtype,
-                       device=plan.device, parallel=parallel,
-                       quantization=quantization_method_for(plan.hf_config, plan.source.folder))
+                       device=plan.device, parallel=parallel, quantization=quantization)
     fmt, files = find_weight_files(plan.source)  # before building: fail fast on an empty folder
     model = build_model(plan.model_class, plan.hf_config, ctx)
     load_weights(model, fmt, files, plan.hf_config)
