@@ -30,6 +30,7 @@ from octavo_server.forwarding import ForwardedRequest, call_app, routing_text
 REPLICA = "x-octavo-replica"
 ENGINE_FLAGS = ["--device", "cpu", "--block-size", "4", "--num-gpu-blocks-override", "256",
                 "--max-num-seqs", "64"]
+STOP_TIMEOUT = 120.0  # Ray Serve stops its replicas gracefully, then Ray stops
 START_TIMEOUT = 240.0  # Ray, its proxy, then each replica imports torch
 
 
@@ -207,13 +208,16 @@ class RayProcess:
         except httpx.HTTPError:
             return False
 
+    def tail(self) -> str:
+        return "".join(self.lines[-30:])
+
     def stop(self) -> tuple[int | None, list[int]]:
         """The exit status and the session's processes still alive 20 s after it (killed)."""
         sid = self.process.pid
         if self.process.poll() is None:
             self.process.send_signal(self.stop_signal)
         try:
-            code = self.process.wait(60)
+            code = self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             code = None
         deadline = time.monotonic() + 20
@@ -278,7 +282,7 @@ def test_two_replicas_behind_one_endpoint(tiny_folder):
         assert admin.status_code == 403  # it would act on one replica only
     finally:
         code, left = served.stop()
-    assert code == 0 and left == []
+    assert code == 0 and left == [], served.tail()
 
 
 @pytest.mark.slow
@@ -310,4 +314,4 @@ applications:
         assert answer.status_code == 200 and REPLICA in answer.headers
     finally:
         code, left = served.stop()
-    assert code is not None and left == []
+    assert code is not None and left == [], served.tail()
