@@ -56,6 +56,23 @@ def test_preemption_with_few_blocks_keeps_tokens_equal(llama):
         llm.engine.shutdown()
 
 
+@pytest.mark.parametrize("kv_offload", ["host", "disk"])
+def test_preemption_swaps_to_every_ranks_tier_and_keeps_tokens_equal(llama, tmp_path,
+                                                                    kv_offload):
+    folder, hf_model = llama
+    batch = prompts([9, 13, 17, 11], seed=2)
+    llm = make_llm(folder, **TP2, num_gpu_blocks_override=12, enable_prefix_caching=False,
+                   swap_space_gib=256 * 1024 / 2**30, preemption_mode="swap",
+                   kv_offload=kv_offload, kv_offload_dir=str(tmp_path))
+    try:
+        params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+        assert token_ids(llm.generate(batch, params)) == hf_tokens(hf_model, batch, steps=12)
+        swap = llm.engine.stats().swap
+        assert swap.blocks_swapped_out > 0 and swap.blocks_swapped_in > 0
+    finally:
+        llm.engine.shutdown()
+
+
 def test_a_killed_worker_stops_the_engine_within_seconds_and_leaves_no_process(llama):
     folder, _ = llama
     llm = make_llm(folder, **TP2)

@@ -44,13 +44,14 @@ def assemble_engine_core(executor: Executor, num_blocks: int, cache: CacheSettin
                          sched: SchedulerSettings, max_model_len: int,
                          kv_caches: KVCaches | None = None) -> EngineCore:
     """A cache manager of ``num_blocks``, a swap tier over ``kv_caches`` (this process's; None
-    when the ranks' caches live in workers) and a scheduler, around ``executor``."""
+    when the ranks' caches live in workers, whose executor brings its ``swapper``) and a
+    scheduler, around ``executor``."""
     manager = kv_cache_managers().get(cache.kv_cache_manager)(
         num_blocks, cache.block_size, enable_prefix_caching=cache.enable_prefix_caching)
-    if kv_caches is None and cache.swap_space_gib:
-        logger.warning("swap_space_gib is not supported with tensor parallelism yet: "
-                       "preempted requests are recomputed")
-    tier = build_tier(cache, kv_caches, manager) if kv_caches is not None else None
+    if kv_caches is not None:
+        tier = build_tier(cache, kv_caches, manager)
+    else:  # the workers hold the caches, and their shards of the tier
+        tier = attach_worker_tier(getattr(executor, "swapper", None), manager)
     scheduler = schedulers().get(sched.scheduler)(
         manager, max_num_batched_tokens=sched.max_num_batched_tokens,
         max_num_seqs=sched.max_num_seqs, max_model_len=max_model_len,
@@ -81,6 +82,17 @@ def build_tier(cache: CacheSettings, kv_caches: KVCaches,
         return None
     logger.info("swap tier %r: %d blocks (%.2f GiB)", cache.kv_offload, num_blocks,
                 num_blocks * block_bytes / GiB)
+    return tier
+
+
+def attach_worker_tier(swapper, manager: KVCacheManager) -> KVTier | None:
+    """A swap tier over the tensor-parallel workers' swapper shards (None: no tier)."""
+    if swapper is None:
+        return None
+    tier = KVTier(swapper)
+    manager.attach_tier(tier)
+    logger.info("swap tier: %d blocks on each rank (%.2f GiB in all)", swapper.num_blocks,
+                swapper.num_blocks * swapper.block_bytes / GiB)
     return tier
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from octavo.engine.executor import EngineDeadError, Executor
+from octavo.engine.kv_memory import GiB
 from octavo.engine.model_runner import prepare_input, sample_output
 from octavo.engine.sampler import Sampler
 
@@ -49,7 +50,11 @@ class DistributedExecutor(Executor):
             self.shutdown()
             raise
         self.num_blocks = min(info.num_kv_blocks for info in infos)  # every rank holds them
-        self._call_all("allocate_kv_cache", self.num_blocks)
+        cache = config.cache
+        num_tier_blocks = int(cache.swap_space_gib * GiB) // infos[0].block_bytes
+        self._call_all("allocate_kv_cache", self.num_blocks, num_tier_blocks)
+        self.swapper = (WorkerSwapper(self, num_tier_blocks, infos[0].block_bytes)
+                        if num_tier_blocks else None)
         self._architecture, self._dtype = infos[0].architecture, infos[0].dtype
         logger.info("%d tensor-parallel ranks (%s), %d KV blocks each", self.world_size,
                     type(self).__name__, self.num_blocks)
@@ -117,3 +122,29 @@ class DistributedExecutor(Executor):
     def _stop_workers(self) -> None:
         """Stop every worker that still runs, and wait until it is gone; safe to call twice."""
 
+
+class WorkerSwapper:
+    """The swap tier (``swap_space_gib``, per rank) of a tensor-parallel engine: the driver's
+    ``KVTier`` keeps the accounting, every worker stores its shard of each block in its own
+    swapper (``kv_offload``) and runs the copies on it."""
+
+    def __init__(self, executor: DistributedExecutor, num_blocks: int,
+                 rank_block_bytes: int) -> None:
+        self.executor = executor
+        self.num_blocks = num_blocks
+        self.block_bytes = rank_block_bytes * executor.world_size  # over all ranks
+
+    def copy_out(self, device_block_ids: list[int], tier_block_ids: list[int]) -> None:
+        self.executor._call_all("swap", "copy_out", device_block_ids, tier_block_ids)
+
+    def copy_in(self, tier_block_ids: list[int], device_block_ids: list[int]) -> None:
+        self.executor._call_all("swap", "copy_in", tier_block_ids, device_block_ids)
+
+    def copy_device(self, copies: list[tuple[int, int]]) -> None:
+        if copies:
+            self.executor._call_all("swap", "copy_device", copies)
+
+    def measure_bandwidth(self, num_blocks: int = 8) -> float:
+        """The ranks copy their shards at once: the slowest one's rate, times the ranks."""
+        rates = self.executor._call_all("swap", "measure_bandwidth", num_blocks)
+        return min(rates) * self.executor.world_size

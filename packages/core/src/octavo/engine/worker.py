@@ -27,6 +27,7 @@ class WorkerInfo:
     architecture: str
     dtype: torch.dtype
     num_kv_blocks: int  # the blocks this rank's memory holds
+    block_bytes: int  # one KV block of this rank's shard, every layer, keys and values
 
 
 class Worker:
@@ -40,6 +41,7 @@ class Worker:
         self.num_threads = num_threads
         self.loaded = None
         self.runner: ModelRunner | None = None
+        self.swapper = None
 
     def load(self) -> WorkerInfo:
         """Join the process group (gloo on the CPU, NCCL on CUDA), load this rank's shard and
@@ -60,14 +62,26 @@ class Worker:
                                                 loaded.dtype)
         blocks = num_kv_blocks(self.config.cache, loaded.kv_spec, loaded.dtype, loaded.device,
                                activations)
-        return WorkerInfo(type(loaded.model).__name__, loaded.dtype, blocks)
+        block_bytes = loaded.kv_spec.bytes_per_token(loaded.dtype) * self.config.cache.block_size
+        return WorkerInfo(type(loaded.model).__name__, loaded.dtype, blocks, block_bytes)
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Allocate this rank's KV cache shard (the same block count on every rank)."""
-        loaded, block_size = self.loaded, self.config.cache.block_size
-        caches = allocate_kv_caches(loaded.kv_spec, num_blocks, block_size, loaded.dtype,
+    def allocate_kv_cache(self, num_blocks: int, num_tier_blocks: int = 0) -> None:
+        """Allocate this rank's KV cache shard (the same block count on every rank), and its
+        shard of the swap tier when ``num_tier_blocks``."""
+        from octavo.plugins import swappers
+
+        loaded, cache = self.loaded, self.config.cache
+        caches = allocate_kv_caches(loaded.kv_spec, num_blocks, cache.block_size, loaded.dtype,
                                     loaded.device)
-        self.runner = ModelRunner(loaded.model, caches, block_size, loaded.device)
+        self.runner = ModelRunner(loaded.model, caches, cache.block_size, loaded.device)
+        if num_tier_blocks:
+            self.swapper = swappers().get(cache.kv_offload)(
+                caches, num_tier_blocks, directory=cache.kv_offload_dir)
+
+    def swap(self, operation: str, *args) -> object:
+        """Run a swapper call (``copy_out``, ``copy_in``, ``copy_device``,
+        ``measure_bandwidth``) on this rank's tier shard."""
+        return getattr(self.swapper, operation)(*args)
 
     def execute_model(self, batch: ModelInput) -> ModelOutput | None:
         """Run the step; rank 0 returns the logits (on the CPU) for the driver to sample."""
