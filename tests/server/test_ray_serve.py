@@ -25,7 +25,12 @@ from click.testing import CliRunner
 from starlette.responses import StreamingResponse
 
 from octavo.cli import cli
-from octavo_server.forwarding import ForwardedRequest, call_app, routing_text
+from octavo.engine.executor import EngineDeadError
+from octavo_server.app import create_app
+from octavo_server.forwarding import ForwardedRequest, call_app, health_status, routing_text
+from octavo_server.models import ModelManager
+
+from .conftest import tiny_model
 
 REPLICA = "x-octavo-replica"
 ENGINE_FLAGS = ["--device", "cpu", "--block-size", "4", "--num-gpu-blocks-override", "256",
@@ -89,6 +94,15 @@ def test_call_app_streams_the_answer_and_tells_the_app_when_the_client_left():
     assert seen["ended"]  # the early close ended the response (a disconnect)
     whole = asyncio.run(read(1000))
     assert b"".join(whole[1:]) == "".join(f"chunk{i};" for i in range(100)).encode()
+
+
+def test_health_is_503_once_an_engine_died(tiny_folder):
+    """What each Ray Serve replica's check_health asks of its app."""
+    served = tiny_model(tiny_folder)
+    app = create_app(ModelManager([served]))
+    assert asyncio.run(health_status(app)) == 200
+    served.llm.dead = EngineDeadError("rank 1 exited")
+    assert asyncio.run(health_status(app)) == 503
 
 
 def test_ray_replicas_without_ray_says_how_to_install_it(monkeypatch):

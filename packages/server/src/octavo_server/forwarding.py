@@ -134,3 +134,12 @@ async def call_app(app: ASGIApp, request: ForwardedRequest, extra_headers: Heade
         if not task.cancelled() and task.exception() is not None:
             logger.error("the app failed on %s %s", request.method, request.path,
                          exc_info=task.exception())
+
+
+async def health_status(app: ASGIApp) -> int:
+    """The status of ``app``'s ``GET /health`` (503 once an engine died)."""
+    probe = ForwardedRequest("GET", "/health", b"", [], b"", "/health")
+    async for item in call_app(app, probe):
+        if isinstance(item, tuple):
+            return item[0]
+    raise RuntimeError("/health sent no response")

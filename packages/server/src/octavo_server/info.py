@@ -48,7 +48,13 @@ async def retrieve_model(name: str, request: Request) -> ModelCard:
 @router.get("/health", response_class=Response,
             responses={200: {"description": "The server is up (an empty body).",
                              "content": None}})
-async def health() -> Response:
+async def health(request: Request) -> Response:
+    """200 while every loaded engine can run; 503 ``engine_dead`` once one died (a
+    tensor-parallel worker was lost), so a supervisor (Ray Serve's health check of a replica,
+    an orchestrator's probe) replaces the server."""
+    for llm in app_state(request).manager.all_engines():
+        if llm.dead is not None:
+            raise APIError(503, str(llm.dead), code="engine_dead")
     return Response(status_code=200)
 
 

@@ -35,7 +35,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from octavo_server.errors import error_response
-from octavo_server.forwarding import ForwardedRequest, Headers, call_app, routing_text
+from octavo_server.forwarding import (
+    ForwardedRequest,
+    Headers,
+    call_app,
+    health_status,
+    routing_text,
+)
 from octavo_server.settings import ServerSettings
 
 logger = logging.getLogger("octavo_server")
@@ -131,11 +137,9 @@ class OctavoReplica:
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising marks the replica unhealthy (it is
         replaced)."""
-        probe = ForwardedRequest("GET", "/health", b"", [], b"", "/health")
-        async with contextlib.aclosing(call_app(self.app, probe)) as answer:
-            async for item in answer:
-                if isinstance(item, tuple) and item[0] != 200:
-                    raise RuntimeError(f"/health answered {item[0]}")
+        status = await health_status(self.app)
+        if status != 200:
+            raise RuntimeError(f"/health answered {status}")
 
     async def __del__(self) -> None:
         await self._lifespan.__aexit__(None, None, None)  # stops the engine loop
