@@ -12,12 +12,12 @@ import sys
 import time
 
 import httpx
-import psutil
 import pytest
 
 from .conftest import wait_gone
 
 pytestmark = pytest.mark.slow
+psutil = pytest.importorskip("psutil")
 
 
 def _free_port() -> int:
