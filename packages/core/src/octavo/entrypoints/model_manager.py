@@ -302,6 +302,9 @@ class ModelManager:
             async with model.lock:  # after a swap or unload of this model in progress
                 if model.engine is None:
                     model.engine = await self._load(model, model.spec, reason)
+                    # idle from now, not from before it was unloaded: else the reaper could
+                    # retire it before the request that loaded it takes its lease
+                    model.last_used = time.monotonic()
         finally:
             model.loading = None
 
