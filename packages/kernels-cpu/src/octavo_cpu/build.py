@@ -18,6 +18,7 @@ Build directory, first match: ``$OCTAVO_CPU_BUILD_DIR``; ``$TORCH_EXTENSIONS_DIR
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -91,7 +92,19 @@ def build_directory(level: str | None = None) -> Path:
     else:
         cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = Path(cache_home) / "octavo" / "cpu"
-    return base / (level or isa_level())
+    level = level or isa_level()
+    return base / f"{level}-{source_fingerprint(level)}"
+
+
+def source_fingerprint(level: str) -> str:
+    """A short hash of the kernel's sources and flags: two checkouts or versions of
+    octavo-kernels-cpu on one machine build into their own directories, so neither loads the
+    other's build (which may lack an op) nor rebuilds over it."""
+    digest = hashlib.sha256(" ".join(compiler_flags(level) + [torch.__version__]).encode())
+    for path in sorted(CSRC_DIR.iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def missing_toolchain() -> str | None:
