@@ -22,7 +22,8 @@ EXAMPLE_REGISTERED = {
     "register_kv_cache_managers": ["example-paged"], "register_layer_ops": ["example-ops"],
     "register_models": ["OctavoExampleForCausalLM"],
     "register_quantization_methods": ["example_int8"], "register_schedulers": ["example-fcfs"],
-    "register_swappers": ["example-host"], "register_weight_formats": ["*.npz"]}
+    "register_swappers": ["example-host"], "register_weight_formats": ["*.npz"],
+    "register_platforms": ["example-cpu"]}
 EXAMPLE = {"name": "example", "distribution": "octavo-example-plugin", "version": "0.1.0",
            "status": "loaded", "hooks": sorted([*REGISTRY_HOOKS, "register_commands"]),
            "registered": EXAMPLE_REGISTERED}

@@ -94,7 +94,6 @@ def test_invalid_env_value_raises(monkeypatch, cls, name):
     (config.CacheSettings, "OCTAVO_KV_CACHE_MEMORY_GIB", "-1"),
     (config.CacheSettings, "OCTAVO_NUM_GPU_BLOCKS_OVERRIDE", "0"),
     (config.ModelSettings, "OCTAVO_DTYPE", "float64"),
-    (config.ModelSettings, "OCTAVO_DEVICE", "tpu"),
     (config.ModelSettings, "OCTAVO_MAX_MODEL_LEN", "0"),
     (config.SchedulerSettings, "OCTAVO_MAX_NUM_BATCHED_TOKENS", "-5"),
     (config.SchedulerSettings, "OCTAVO_MAX_NUM_SEQS", "2.5"),

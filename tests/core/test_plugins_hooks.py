@@ -29,6 +29,7 @@ from octavo.plugins import (
     kv_cache_managers,
     layer_ops,
     models,
+    platforms,
     quantization_methods,
     schedulers,
     swappers,
@@ -282,6 +283,18 @@ def test_hook_register_swappers():
     assert issubclass(cls, swappers().get("host"))
 
 
+def test_hook_register_platforms():
+    from octavo.platforms import CpuPlatform, Platform, resolve_platform
+
+    cls = example_class("register_platforms", "example-cpu")
+    assert platforms().get("example-cpu") is cls
+    assert issubclass(cls, Platform) and issubclass(cls, CpuPlatform)
+    platform = resolve_platform("example-cpu")  # what device="example-cpu" selects
+    assert isinstance(platform, cls) and platform.device() == torch.device("cpu")
+    assert platform.default_dtype(None) == torch.float32
+    assert platform.attention_backends == ("example-sdpa",)
+
+
 def test_hook_register_commands():
     pm = get_plugin_manager()
     command, info = pm.commands()["example-registered"]
@@ -294,4 +307,4 @@ def test_hook_register_commands():
         "model: OctavoExampleForCausalLM", "attention backend: example-sdpa",
         "quantization method: example_int8", "weight format: *.npz",
         "scheduler: example-fcfs", "KV cache manager: example-paged", "swapper: example-host",
-        "layer ops: example-ops"])
+        "layer ops: example-ops", "platform: example-cpu"])

@@ -10,6 +10,7 @@ from gguf.quants import quantize
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config
 from transformers import Qwen2ForCausalLM as HFQwen2ForCausalLM
 
+from octavo.testing.weight_format_suite import WeightFormatSuite
 from octavo_models.weights import GGUFFormat, SafetensorsFormat, TorchBinFormat
 from octavo_models.weights.gguf_format import GGUF_ARCHS, hf_tensor_name
 
@@ -79,7 +80,12 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 def write_gguf(model: torch.nn.Module, arch: str, path, permute_qk: bool) -> None:
     """Write ``model`` as llama.cpp would: GGUF names, permuted Q/K, Q8_0 for the LM head."""
-    cfg = model.config
+    write_gguf_tensors(model.config, model.state_dict(), arch, path, permute_qk)
+
+
+def write_gguf_tensors(cfg, tensors: dict[str, torch.Tensor], arch: str, path,
+                       permute_qk: bool) -> None:
+    """:func:`write_gguf` for HF-named ``tensors`` and their config."""
     writer = GGUFWriter(str(path), arch)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -94,7 +100,7 @@ def write_gguf(model: torch.nn.Module, arch: str, path, permute_qk: bool) -> Non
     for gguf_name, hf_name in GGUF_ARCHS[arch].names.items():
         if hf_name is not None:
             hf_to_gguf[hf_name] = gguf_name
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in tensors.items():
         base, _, suffix = hf_name.rpartition(".")
         parts = base.split(".")
         if base.startswith("model.layers."):
@@ -155,3 +161,39 @@ def test_gguf_unknown_architecture(tmp_path):
     writer.close()
     with pytest.raises(ValueError, match="'mamba' is not supported"):
         list(GGUFFormat().iter_weights(tmp_path / "x.gguf", LlamaConfig(**TINY)))
+
+
+# -- the registered formats through the weight-format conformance suite ---------------------
+class TestSafetensorsFormatSuite(WeightFormatSuite):
+    registered_name = "*.safetensors"
+
+    def write_checkpoint(self, folder, config, tensors):
+        from safetensors.torch import save_file
+
+        save_file(dict(tensors), str(folder / "model.safetensors"))
+        return [folder / "model.safetensors"]
+
+
+class TestTorchBinFormatSuite(WeightFormatSuite):
+    registered_name = "*.bin"
+    file_name = "pytorch_model.bin"
+
+    def write_checkpoint(self, folder, config, tensors):
+        torch.save(dict(tensors), folder / self.file_name)
+        return [folder / self.file_name]
+
+
+class TestTorchPtFormatSuite(TestTorchBinFormatSuite):
+    registered_name = "*.pt"
+    file_name = "model.pt"
+
+
+class TestGGUFFormatSuite(WeightFormatSuite):
+    registered_name = "*.gguf"
+
+    def tolerance(self, name):
+        return 0.02 if name == "lm_head.weight" else 0.0  # written as Q8_0, as llama.cpp does
+
+    def write_checkpoint(self, folder, config, tensors):
+        write_gguf_tensors(config, tensors, "llama", folder / "model.gguf", permute_qk=True)
+        return [folder / "model.gguf"]

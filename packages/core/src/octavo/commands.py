@@ -10,10 +10,12 @@ from typing import Any, Literal
 
 import click
 
-from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
+from octavo.config import CacheSettings, ModelSettings, ParallelSettings, SchedulerSettings
 from octavo.plugins.hookspecs import hookimpl
 
-ENGINE_SETTINGS = (ModelSettings, CacheSettings, SchedulerSettings)
+ENGINE_SETTINGS = (ModelSettings, CacheSettings, SchedulerSettings, ParallelSettings)
+# Short spellings beside ``--field-name``, as vLLM users type them.
+SHORT_FLAGS = {"tensor_parallel_size": "-tp"}
 
 # Loggers of Octavo's own distributions, shown at --log-level in generate and chat (others
 # stay at WARNING, so transformers' INFO chatter does not bury the engine's).
@@ -56,6 +58,7 @@ def engine_options(func):
             kind, is_flag = _click_type(field.annotation)
             flag = "--" + name.replace("_", "-")
             decls = [f"{flag}/--no-{name.replace('_', '-')}"] if is_flag else [flag]
+            decls += [SHORT_FLAGS[name]] if name in SHORT_FLAGS else []
             func = click.option(*decls, name, type=None if is_flag else kind, default=None,
                                 help=field.description or f"{settings.__name__}.{name}")(func)
     return func

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ENV = SettingsConfigDict(env_prefix="OCTAVO_", extra="forbid", validate_assignment=True)
@@ -26,7 +26,9 @@ class ModelSettings(BaseSettings):
         "auto", description="auto: on CPU bfloat16 where this CPU has bf16 product instructions "
                 "(AMX, AVX512-BF16) and they measure faster, else float32; on CUDA the "
                 "checkpoint's dtype (or bfloat16).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="A registered platform (cpu, cuda, or a "
+                        "plugin's; `octavo plugins` lists them), or auto: the available one "
+                        "with the highest priority (CUDA when there is a GPU).")
     max_model_len: int | None = Field(None, gt=0, description="Defaults to the model's context.")
     attention_backend: str | None = Field(None, description="None: best supported backend.")
     quantization: str | None = Field(
@@ -79,3 +81,36 @@ class SchedulerSettings(BaseSettings):
     @classmethod
     def _lower(cls, value):
         return value.lower() if isinstance(value, str) else value
+
+
+class ParallelSettings(BaseSettings):
+    """Tensor parallelism: how many ranks share the model and where their workers run
+    (docs/distributed.md)."""
+
+    model_config = _ENV
+
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="Ranks that each hold a shard of every layer and of the KV cache; "
+        "it must divide the attention heads, and the KV heads or be a multiple of them.")
+    distributed_executor_backend: Literal["uni", "mp", "ray"] | None = Field(
+        None, description="Where the ranks run: uni (this process; one rank), mp (worker "
+        "processes on this machine), ray (Ray actors, on one or several machines; needs "
+        "octavo-core[ray]); None: uni for one rank, mp for more.")
+    ray_placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How the ray backend's placement group places one bundle per rank: "
+        "PACK fills a node first, STRICT_SPREAD puts every rank on another node.")
+
+    @model_validator(mode="after")
+    def _one_rank_in_process(self) -> ParallelSettings:
+        if self.distributed_executor_backend == "uni" and self.tensor_parallel_size > 1:
+            raise ValueError(f"distributed_executor_backend 'uni' runs one rank in this process; "
+                             f"tensor_parallel_size {self.tensor_parallel_size} needs 'mp' or "
+                             "'ray'")
+        return self
+
+    @property
+    def executor_backend(self) -> str:
+        """The backend in use: the one chosen, else uni for one rank and mp for more."""
+        if self.distributed_executor_backend is not None:
+            return self.distributed_executor_backend
+        return "uni" if self.tensor_parallel_size == 1 else "mp"

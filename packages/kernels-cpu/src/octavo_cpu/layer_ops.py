@@ -20,7 +20,7 @@ import torch
 
 from octavo.layers.dense import PackedLinear
 from octavo.layers.layer_ops import LayerOps
-from octavo_cpu import dense
+from octavo_cpu import dense, int4_linear
 from octavo_cpu.build import load_ops, unavailable_reason
 
 
@@ -48,7 +48,7 @@ class CpuLayerOps(LayerOps):
 
     @classmethod
     def supports(cls, op, device, dtype):
-        if op == "pack_linear" and dtype != torch.float32:  # the product kernel is float32
+        if op in ("pack_linear", "pack_int4_linear") and dtype != torch.float32:  # float32 kernels
             return False
         return super().supports(op, device, dtype) and unavailable_reason() is None
 
@@ -73,3 +73,8 @@ class CpuLayerOps(LayerOps):
     @staticmethod
     def pack_linear(weight: torch.Tensor) -> PackedLinear:
         return CpuPackedLinear(dense.pack(weight))
+
+    @staticmethod
+    def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                         g_idx: torch.Tensor) -> PackedLinear:
+        return int4_linear.pack(codes, scales, zeros, g_idx)

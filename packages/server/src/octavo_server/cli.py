@@ -71,6 +71,9 @@ def serve(models, names, **options):
     settings = _settings(**server, served_model_name=names[0] if len(names) == 1 else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(message)s")
     engine = {k: v for k, v in options.items() if v is not None}
+    if settings.ray_replicas is not None:
+        _serve_on_ray(models, names, settings, engine)
+        return
     from octavo_server.models import ModelManager
 
     managed = (settings.models_file, settings.memory_budget_gib, settings.idle_unload_s)
@@ -85,6 +88,31 @@ def serve(models, names, **options):
     if not names and settings.served_model_name is not None:
         names = (settings.served_model_name,)  # OCTAVO_SERVED_MODEL_NAME
     run_server(_multi_model_manager(list(models), list(names), settings, engine), settings)
+
+
+def _serve_on_ray(models: tuple[str, ...], names: tuple[str, ...], settings: ServerSettings,
+                  engine: dict[str, Any]) -> None:
+    """``--ray-replicas N``: one model from N engine replicas on Ray Serve."""
+    managed = (settings.models_file, settings.memory_budget_gib, settings.idle_unload_s)
+    if len(models) > 1 or len(names) > 1 or any(option is not None for option in managed):
+        raise click.UsageError("--ray-replicas serves one --model (not several, nor "
+                               "--models-file, --memory-budget-gib or --idle-unload-s)")
+    if settings.port == 0:
+        raise click.UsageError("--ray-replicas needs a fixed --port: Ray Serve's proxy listens "
+                               "on it")
+    try:
+        from octavo_server import ray_serve
+    except ImportError as exc:
+        raise click.ClickException(f"--ray-replicas needs Ray Serve ({exc}): "
+                                   "pip install 'octavo-server[ray]'") from exc
+    from octavo.config import ModelSettings
+
+    model = models[0] if models else ModelSettings().model  # OCTAVO_MODEL, or the demo
+    options = ray_serve.ReplicaOptions(num_replicas=settings.ray_replicas)
+    try:
+        ray_serve.run(model, engine, settings, options)
+    except RuntimeError as exc:  # the app did not deploy (an engine failed to load)
+        raise click.ClickException(str(exc)) from exc
 
 
 def _multi_model_manager(models: list[str], names: list[str], settings: ServerSettings,

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from octavo.engine.executor import EngineDeadError
 from octavo_server.protocol import INVALID_UNICODE, ErrorInfo, ErrorResponse
 
 _TYPES = {401: "authentication_error", 404: "not_found_error",
@@ -134,6 +135,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)  # starlette re-raises it after, so uvicorn logs it
     async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(EngineDeadError)  # a worker died: the server is about to exit
+    async def _engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:
+        return error_response(503, str(exc), code="engine_dead")
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, __: ClientDisconnected) -> Response:

@@ -64,6 +64,11 @@ class ServerSettings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before "
         "they are aborted.")
     log_level: str = Field("info", description="uvicorn's log level.")
+    ray_replicas: int | None = Field(
+        None, ge=1, description="Serve the model from this many engine replicas on Ray Serve "
+        "(a local Ray, or the cluster at RAY_ADDRESS), a request going to the replica that "
+        "served its prompt's prefix (docs/distributed.md); needs "
+        "`pip install 'octavo-server[ray]'`.")
 
     @field_validator("api_key")
     @classmethod

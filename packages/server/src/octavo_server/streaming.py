@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from octavo.engine.executor import EngineDeadError
 from octavo.outputs import CompletionOutput, RequestOutput, TokenLogprobDict
 from octavo_server.errors import APIError, error_body
 from octavo_server.generation import Generation, usage
@@ -39,6 +40,8 @@ async def _with_done(chunks: AsyncIterator[str], generation: Generation
                 yield chunk
     except APIError as exc:
         yield _error_event(exc.status, exc.message, exc.param, exc.code)
+    except EngineDeadError as exc:
+        yield _error_event(503, str(exc), code="engine_dead")
     except Exception as exc:  # the engine failed mid-stream; the client still gets an answer
         logger.exception("stream failed")
         yield _error_event(500, f"generation failed: {exc}")

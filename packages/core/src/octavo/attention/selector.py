@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -13,9 +14,11 @@ logger = logging.getLogger(__name__)
 
 
 def select_attention_backend(
-    device: torch.device | str, dtype: torch.dtype, head_size: int, name: str | None = None
+    device: torch.device | str, dtype: torch.dtype, head_size: int, name: str | None = None,
+    preferred: Sequence[str] = (),
 ) -> type[AttentionBackend]:
-    """The named backend (validated), else the supported backend with the highest priority.
+    """The named backend (validated), else the first of ``preferred`` (the platform's order)
+    that is registered and supports this, else the supported backend with the highest priority.
 
     A backend that outranks the chosen one but cannot run here (no CUDA and no Triton
     interpreter, an unsupported dtype or head size, a failed import) is logged with its reason.
@@ -25,6 +28,9 @@ def select_attention_backend(
         backend = _named_backend(name, device, dtype, head_size, where)
         logger.info("attention backend %r for %s (set by --attention-backend / "
                     "OCTAVO_ATTENTION_BACKEND)", name, where)
+        return backend
+    backend = _preferred_backend(preferred, device, dtype, head_size, where)
+    if backend is not None:
         return backend
     candidates: list[type[AttentionBackend]] = []
     passed_over: list[tuple[str, int | None, str]] = []  # (name, priority, reason)
@@ -49,6 +55,27 @@ def select_attention_backend(
     logger.info("attention backend %r for %s (priority %d, the highest that supports it; "
                 "--attention-backend chooses another)", chosen.name, where, chosen.priority)
     return chosen
+
+
+def _preferred_backend(preferred: Sequence[str], device: torch.device | str,
+                       dtype: torch.dtype, head_size: int,
+                       where: str) -> type[AttentionBackend] | None:
+    """The first backend of the platform's ``preferred`` order that can run here, or None."""
+    registry = attention_backends()
+    for backend_name in preferred:
+        if backend_name not in registry:
+            logger.info("attention backend %r, preferred by the platform, is not installed",
+                        backend_name)
+            continue
+        backend = registry.get(backend_name)
+        reason = backend.unsupported_reason(device, dtype, head_size)
+        if reason is None:
+            logger.info("attention backend %r for %s (the platform's preferred order: %s)",
+                        backend_name, where, ", ".join(preferred))
+            return backend
+        logger.info("attention backend %r, preferred by the platform, not used for %s: %s",
+                    backend_name, where, reason)
+    return None
 
 
 def _named_backend(name: str, device: torch.device | str, dtype: torch.dtype, head_size: int,

@@ -5,22 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import torch
-
-from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
+from octavo.config import CacheSettings, ModelSettings, ParallelSettings, SchedulerSettings
 from octavo.engine.engine_core import EngineCore
+from octavo.engine.executor import Executor
+from octavo.engine.kv_memory import GiB, estimate_activation_bytes, num_kv_blocks
 from octavo.engine.model_runner import ModelRunner, allocate_kv_caches
 from octavo.engine.preemption import PreemptionPolicy, make_preemption_policy
 from octavo.kv_cache.manager import KVCacheManager
 from octavo.kv_cache.swapper import TierUnavailable
 from octavo.kv_cache.tier import KVTier
-from octavo.modeling import KVCaches, KVCacheSpec
+from octavo.modeling import KVCaches
 from octavo.plugins import kv_cache_managers, schedulers, swappers
 
 logger = logging.getLogger(__name__)
-
-GiB = 1 << 30
-DEFAULT_CPU_KV_CACHE_GIB = 1.0
 
 
 @dataclass
@@ -28,37 +25,7 @@ class EngineConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-
-
-def num_kv_blocks(cache: CacheSettings, spec: KVCacheSpec, dtype: torch.dtype,
-                  device: torch.device, activation_bytes: int = 0) -> int:
-    """How many blocks fit the byte budget (explicit, or free memory on CUDA)."""
-    if cache.num_gpu_blocks_override is not None:
-        return cache.num_gpu_blocks_override
-    block_bytes = spec.bytes_per_token(dtype) * cache.block_size
-    if cache.kv_cache_memory_gib is not None:
-        budget = int(cache.kv_cache_memory_gib * GiB)
-    elif device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        budget = int(total * cache.gpu_memory_utilization) - (total - free) - activation_bytes
-    else:
-        budget = int(DEFAULT_CPU_KV_CACHE_GIB * GiB)
-    num_blocks = budget // block_bytes
-    if num_blocks <= 0:
-        raise ValueError(f"no memory left for the KV cache (budget {budget / GiB:.2f} GiB); "
-                         "lower the model size or raise kv_cache_memory_gib")
-    return num_blocks
-
-
-def estimate_activation_bytes(hf_config, scheduler: SchedulerSettings, dtype) -> int:
-    """A generous bound on one step's activations, kept free beside the KV cache on CUDA."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    hidden = hf_config.hidden_size
-    inter = getattr(hf_config, "intermediate_size", 4 * hidden)
-    tokens = scheduler.max_num_batched_tokens
-    per_token = (4 * hidden + 3 * inter) * elem
-    logits = scheduler.max_num_seqs * hf_config.vocab_size * 4 * 3
-    return tokens * per_token + logits + GiB // 2
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
 
 
 def build_engine_core(loaded, cache: CacheSettings, sched: SchedulerSettings,
@@ -69,17 +36,28 @@ def build_engine_core(loaded, cache: CacheSettings, sched: SchedulerSettings,
     logger.debug("KV cache: %d blocks of %d tokens", num_blocks, cache.block_size)
     kv_caches = allocate_kv_caches(loaded.kv_spec, num_blocks, cache.block_size, loaded.dtype,
                                    loaded.device)
+    runner = ModelRunner(loaded.model, kv_caches, cache.block_size, loaded.device)
+    return assemble_engine_core(runner, num_blocks, cache, sched, max_model_len, kv_caches)
+
+
+def assemble_engine_core(executor: Executor, num_blocks: int, cache: CacheSettings,
+                         sched: SchedulerSettings, max_model_len: int,
+                         kv_caches: KVCaches | None = None) -> EngineCore:
+    """A cache manager of ``num_blocks``, a swap tier over ``kv_caches`` (this process's; None
+    when the ranks' caches live in workers) and a scheduler, around ``executor``."""
     manager = kv_cache_managers().get(cache.kv_cache_manager)(
         num_blocks, cache.block_size, enable_prefix_caching=cache.enable_prefix_caching)
-    tier = build_tier(cache, kv_caches, manager)
+    if kv_caches is None and cache.swap_space_gib:
+        logger.warning("swap_space_gib is not supported with tensor parallelism yet: "
+                       "preempted requests are recomputed")
+    tier = build_tier(cache, kv_caches, manager) if kv_caches is not None else None
     scheduler = schedulers().get(sched.scheduler)(
         manager, max_num_batched_tokens=sched.max_num_batched_tokens,
         max_num_seqs=sched.max_num_seqs, max_model_len=max_model_len,
         enable_chunked_prefill=sched.enable_chunked_prefill,
         long_prefill_token_threshold=sched.long_prefill_token_threshold,
         preemption=build_preemption_policy(sched.preemption_mode, tier, cache.block_size))
-    runner = ModelRunner(loaded.model, kv_caches, cache.block_size, loaded.device)
-    return EngineCore(scheduler, runner)
+    return EngineCore(scheduler, executor)
 
 
 def build_tier(cache: CacheSettings, kv_caches: KVCaches,
@@ -114,3 +92,17 @@ def build_preemption_policy(mode: str, tier: KVTier | None, block_size: int) -> 
     return make_preemption_policy(mode, copy_bytes_per_s=bandwidth,
                                   block_bytes=tier.block_bytes if tier else 0,
                                   block_size=block_size)
+
+
+def start_distributed_executor(config: EngineConfig) -> Executor:
+    """The ``mp`` or ``ray`` executor that ``config.parallel`` names, its workers loaded."""
+    backend = config.parallel.executor_backend
+    if backend == "mp":
+        from octavo.engine.mp_executor import MultiprocExecutor
+
+        return MultiprocExecutor(config)
+    if backend == "ray":
+        from octavo.engine.ray_executor import RayExecutor
+
+        return RayExecutor(config)
+    raise ValueError(f"distributed_executor_backend {backend!r} does not start workers")

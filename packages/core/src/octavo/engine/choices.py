@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from octavo.plugins import attention_backends, kv_cache_managers, schedulers
+from octavo.platforms import AUTO
+from octavo.plugins import attention_backends, kv_cache_managers, platforms, schedulers
 
 if TYPE_CHECKING:
     from octavo.engine.builder import EngineConfig
@@ -31,8 +32,11 @@ def _why(settings, option: str) -> str:
 
 
 def check_component_names(config: EngineConfig) -> None:
-    """Raise ValueError for an unknown attention backend, scheduler or KV cache manager; log
-    the scheduler and cache manager chosen (the backend is chosen, and logged, at load)."""
+    """Raise ValueError for an unknown device (platform), attention backend, scheduler or KV
+    cache manager; log the scheduler and cache manager chosen (the backend is chosen, and
+    logged, at load)."""
+    if config.model.device != AUTO:
+        _check(platforms(), config.model.device, "device")
     if config.model.attention_backend is not None:
         _check(attention_backends(), config.model.attention_backend, "attention_backend")
     choices = ((schedulers(), config.scheduler, "scheduler"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from octavo.engine.model_runner import ModelRunner
+from octavo.engine.executor import Executor
 from octavo.engine.outputs import EngineCoreOutput
 from octavo.engine.scheduler import Scheduler
 from octavo.engine.stats import EngineStats
@@ -13,9 +13,10 @@ from octavo.request import Request
 
 
 class EngineCore:
-    """Composes a scheduler (which owns the KV cache manager) and a model runner."""
+    """Composes a scheduler (which owns the KV cache manager) and an executor (``runner``: a
+    ``ModelRunner`` in this process, or the driver of tensor-parallel workers)."""
 
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner) -> None:
+    def __init__(self, scheduler: Scheduler, runner: Executor) -> None:
         self.scheduler = scheduler
         self.runner = runner
 
@@ -35,6 +36,10 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> None:
         self.scheduler.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers, if it has any."""
+        self.runner.shutdown()
 
     def stats(self) -> EngineStats:
         counts = self.scheduler.request_counts()

@@ -44,8 +44,8 @@ class LLMEngine:
         self._ids = itertools.count()
         kv_cache = core.scheduler.kv_cache
         self.info = EngineInfo(
-            architecture=type(core.runner.model).__name__, device=self.device,
-            dtype=core.runner.model.ctx.dtype, max_model_len=max_model_len,
+            architecture=core.runner.architecture, device=self.device,
+            dtype=core.runner.dtype, max_model_len=max_model_len,
             vocab_size=vocab_size, num_kv_blocks=kv_cache.num_blocks,
             block_size=kv_cache.block_size)
 
@@ -56,11 +56,39 @@ class LLMEngine:
 
         check_component_names(config)  # before the model loads: a typo fails at once
         torch.manual_seed(config.model.seed)  # unseeded requests draw from the default generator
+        if config.parallel.executor_backend != "uni":
+            return cls._with_workers(config)
         loaded = load_model(config.model)
         core = build_engine_core(loaded, config.cache, config.scheduler, loaded.max_model_len)
         return cls(core, loaded.tokenizer, vocab_size=loaded.hf_config.vocab_size,
                    max_model_len=loaded.max_model_len, eos_token_ids=loaded.eos_token_ids,
                    device=loaded.device)
+
+    @classmethod
+    def _with_workers(cls, config: EngineConfig) -> LLMEngine:
+        """The driver of ``tensor_parallel_size`` workers: it reads the model's config and
+        tokenizer, checks the heads split over the ranks, then starts the workers, which load
+        the shards. It samples on the CPU (the workers send it their logits)."""
+        from octavo.engine.builder import assemble_engine_core, start_distributed_executor
+        from octavo.model_loader.loader import check_tensor_parallel, plan_model
+
+        plan = plan_model(config.model)
+        check_tensor_parallel(plan, config.parallel.tensor_parallel_size)  # before any process
+        executor = start_distributed_executor(config)
+        try:
+            core = assemble_engine_core(executor, executor.num_blocks, config.cache,
+                                        config.scheduler, plan.max_model_len)
+        except BaseException:
+            executor.shutdown()
+            raise
+        return cls(core, plan.tokenizer, vocab_size=plan.hf_config.vocab_size,
+                   max_model_len=plan.max_model_len, eos_token_ids=plan.eos_token_ids,
+                   device=torch.device("cpu"))
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (they also stop when the engine is
+        garbage-collected or the interpreter exits)."""
+        self.core.shutdown()
 
     def next_request_id(self) -> str:
         return f"req-{next(self._ids)}"  # apart from ids callers choose (digits, UUIDs)

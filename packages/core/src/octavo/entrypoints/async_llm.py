@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from octavo.engine.executor import EngineDeadError
 from octavo.engine.input_processor import PromptType
 from octavo.engine.llm_engine import LLMEngine, PreparedRequest
 from octavo.engine.stats import EngineInfo, EngineStats
@@ -38,6 +39,7 @@ class AsyncLLM:
         self._unadmitted: set[str] = set()  # ids whose _Add is still in _commands
         self._loop_task: asyncio.Task | None = None
         self._wakeup: asyncio.Event | None = None
+        self.dead: EngineDeadError | None = None  # set once a worker died: nothing runs again
 
     @property
     def tokenizer(self):
@@ -51,6 +53,8 @@ class AsyncLLM:
         Bad input raises ``ValueError`` here, before anything is queued, so a server can answer
         with an error before it starts streaming. Read the stream to its end or ``aclose()`` it.
         """
+        if self.dead is not None:
+            raise self.dead
         params = sampling_params or SamplingParams()
         request_id = request_id or self.engine.next_request_id()
         if request_id in self._queues:
@@ -127,6 +131,11 @@ class AsyncLLM:
                 continue
             try:
                 outputs = await asyncio.to_thread(self.engine.step)
+            except EngineDeadError as exc:  # fail every request, queued or not, and stop
+                self.dead = exc
+                for request_id in list(self._queues):
+                    self._deliver(request_id, exc)
+                return
             except Exception as exc:  # fail every request the engine holds, keep serving
                 self._fail_admitted(exc)
                 continue
@@ -169,7 +178,8 @@ class AsyncLLM:
                 self._deliver(request_id, exc)
 
     async def shutdown(self) -> None:
-        """Stop the engine loop; aborts still waiting to be applied return at once."""
+        """Stop the engine loop and the engine's workers; aborts still waiting to be applied
+        return at once."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +188,7 @@ class AsyncLLM:
         for command in self._commands:
             if isinstance(command, _Abort):
                 _resolve(command.done)
+        self.engine.shutdown()  # tensor-parallel workers, if any
 
 
 def _resolve(done: asyncio.Future) -> None:

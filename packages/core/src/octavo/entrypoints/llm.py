@@ -7,7 +7,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from octavo.config import CacheSettings, ModelSettings, SchedulerSettings
+from octavo.config import CacheSettings, ModelSettings, ParallelSettings, SchedulerSettings
 from octavo.engine.builder import EngineConfig
 from octavo.engine.input_processor import PromptType
 from octavo.engine.llm_engine import LLMEngine
@@ -17,11 +17,12 @@ from octavo.sampling_params import SamplingParams
 _MODEL_FIELDS = set(ModelSettings.model_fields)
 _CACHE_FIELDS = set(CacheSettings.model_fields)
 _SCHEDULER_FIELDS = set(SchedulerSettings.model_fields)
+_PARALLEL_FIELDS = set(ParallelSettings.model_fields)
 
 
 def engine_config_from_kwargs(model: str | None = None, **kwargs: Any) -> EngineConfig:
     """Split flat keyword arguments (``block_size=32``) over the settings models."""
-    unknown = set(kwargs) - _MODEL_FIELDS - _CACHE_FIELDS - _SCHEDULER_FIELDS
+    unknown = set(kwargs) - _MODEL_FIELDS - _CACHE_FIELDS - _SCHEDULER_FIELDS - _PARALLEL_FIELDS
     if unknown:
         raise TypeError(f"unknown engine options: {sorted(unknown)}")
 
@@ -32,6 +33,7 @@ def engine_config_from_kwargs(model: str | None = None, **kwargs: Any) -> Engine
         model=ModelSettings(model=model, **pick(_MODEL_FIELDS - {"model"})),
         cache=CacheSettings(**pick(_CACHE_FIELDS)),
         scheduler=SchedulerSettings(**pick(_SCHEDULER_FIELDS)),
+        parallel=ParallelSettings(**pick(_PARALLEL_FIELDS)),
     )
 
 
@@ -39,8 +41,9 @@ class LLM:
     """Generate from a model in-process.
 
     ``LLM()`` loads the bundled demo SmolLM2-135M-Instruct. Engine options are the fields of
-    ``ModelSettings``, ``CacheSettings`` and ``SchedulerSettings`` (``LLM(model, block_size=32,
-    max_num_seqs=64)``); or pass a ready ``engine`` assembled in code.
+    ``ModelSettings``, ``CacheSettings``, ``SchedulerSettings`` and ``ParallelSettings``
+    (``LLM(model, block_size=32, tensor_parallel_size=2)``); or pass a ready ``engine``
+    assembled in code.
     """
 
     def __init__(self, model: str | None = None, *, engine: LLMEngine | None = None,

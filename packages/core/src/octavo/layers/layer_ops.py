@@ -43,6 +43,10 @@ LAYER_OPS: dict[str, str] = {
     "pack_linear": "pack_linear(weight) -> an octavo.layers.dense.PackedLinear whose "
                    "(x, bias) equals F.linear(x, weight, bias), or None to leave the weight "
                    "plain",
+    "pack_int4_linear": "pack_int4_linear(codes, scales, zeros, g_idx) -> a PackedLinear whose "
+                        "(x, bias) equals F.linear(x, W, bias) for the 4-bit weight W[o, i] = "
+                        "scales[g_idx[i], o] * (codes[i, o] - zeros[g_idx[i], o]) (codes [in, "
+                        "out] in [0, 16), g_idx non-decreasing), or None",
 }
 
 
@@ -89,6 +93,11 @@ class LayerOps:
 
     @staticmethod
     def pack_linear(weight: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                         g_idx: torch.Tensor) -> Any:
         raise NotImplementedError
 
 

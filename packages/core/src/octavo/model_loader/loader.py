@@ -22,19 +22,20 @@ from torch import nn
 
 from octavo.attention import select_attention_backend
 from octavo.config import ModelSettings
-from octavo.cpu import fastest_cpu_dtype
 from octavo.layers.weight_loading import required_parameter_names
 from octavo.model_loader import gguf_cache
 from octavo.model_loader.quant_config import quantization_method_for
 from octavo.model_loader.source import ModelSource, demo_model_path, resolve_model_source
 from octavo.model_loader.weights import WeightFormat
-from octavo.modeling import CausalLM, KVCacheSpec, ModelContext
+from octavo.modeling import CausalLM, KVCacheSpec, ModelContext, ParallelConfig
+from octavo.platforms import Platform, platform_for, resolve_platform
 from octavo.plugins import models, weight_formats
 
 __all__ = [
-    "LoadedModel", "ModelSource", "build_model", "demo_model_path", "eos_token_ids",
-    "find_weight_files", "load_hf_config", "load_model", "load_tokenizer", "load_weights",
-    "model_class", "resolve_device", "resolve_dtype", "resolve_model_source",
+    "LoadedModel", "ModelPlan", "ModelSource", "build_model", "check_tensor_parallel",
+    "demo_model_path", "eos_token_ids", "find_weight_files", "load_hf_config", "load_model",
+    "load_tokenizer", "load_weights", "model_class", "plan_model", "resolve_device",
+    "resolve_dtype", "resolve_model_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,27 +159,20 @@ def _as_ids(value: int | list[int] | None) -> set[int]:
 
 # -- device, dtype, model class -------------------------------------------------------------
 def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available")
-    return torch.device(device)
+    """The ``torch.device`` of the registered platform ``device`` names (``auto``: the
+    available one with the highest priority, CUDA when there is a GPU, else the CPU)."""
+    return resolve_platform(device).device()
 
 
-def resolve_dtype(dtype: str, device: torch.device, config: Any) -> torch.dtype:
-    """``auto``: on the CPU the dtype whose products this CPU runs fastest
-    (:func:`octavo.cpu.fastest_cpu_dtype`: bfloat16 only where it has bf16 product
-    instructions and bfloat16 measures faster); on CUDA the checkpoint's float16/bfloat16, else
-    bfloat16."""
+def resolve_dtype(dtype: str, device: torch.device, config: Any,
+                  platform: Platform | None = None) -> torch.dtype:
+    """``auto``: the platform's choice (``platform``, else the one driving ``device``): on the
+    CPU the dtype whose products this CPU runs fastest (:func:`octavo.cpu.fastest_cpu_dtype`:
+    bfloat16 only where it has bf16 product instructions and bfloat16 measures faster); on CUDA
+    the checkpoint's float16/bfloat16, else bfloat16."""
     if dtype != "auto":
         return _DTYPES[dtype]
-    if device.type == "cpu":
-        return fastest_cpu_dtype().dtype
-    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(stored, str):
-        stored = _DTYPES.get(stored)
-    return stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return (platform or platform_for(device)).default_dtype(config)
 
 
 def model_class(config: Any) -> type[CausalLM]:
@@ -261,31 +255,80 @@ def load_weights(model: CausalLM, fmt: WeightFormat, files: list[Path], config: 
         raise ValueError(f"checkpoint {where} lacks {len(missing)} model weights: {shown}")
 
 
-def load_model(settings: ModelSettings) -> LoadedModel:
-    """Resolve, build and fill the model that ``settings`` names."""
+@dataclass
+class ModelPlan:
+    """What a model is before any weights load: enough for a driver that runs no rank itself
+    (tensor parallelism), and the first half of :func:`load_model`."""
+
+    source: ModelSource
+    hf_config: Any  # adapted by the model class
+    tokenizer: Any
+    model_class: type[CausalLM]
+    kv_spec: KVCacheSpec  # the whole model's, before any tensor-parallel split
+    max_model_len: int
+    eos_token_ids: frozenset[int]
+    dtype: torch.dtype
+    device: torch.device
+    attention_backend: type
+
+
+def plan_model(settings: ModelSettings) -> ModelPlan:
+    """Resolve the model that ``settings`` names: config, tokenizer, class, device and dtype."""
     require_model_plugins()
     source = resolve_model_source(settings.model)
     config = load_hf_config(source, settings.trust_remote_code)
     tokenizer = load_tokenizer(source, settings.tokenizer, settings.trust_remote_code)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device, config)
+    platform = resolve_platform(settings.device)
+    device = platform.device()
+    dtype = resolve_dtype(settings.dtype, device, config, platform)
     cls = model_class(config)
     config = cls.adapt_config(config)  # once: the cache spec and the model get this config
     kv_spec = cls.kv_cache_spec(config)
     backend = select_attention_backend(device, dtype, kv_spec.head_size,
-                                       settings.attention_backend)
-    quantization = quantization_method_for(config, source.folder, settings.quantization)
-    ctx = ModelContext(attention_backend=backend, dtype=dtype, device=device,
-                       quantization=quantization)
-    fmt, files = find_weight_files(source)  # before building: fail fast on an empty folder
-    model = build_model(cls, config, ctx)
-    load_weights(model, fmt, files, config)
+                                       settings.attention_backend,
+                                       preferred=platform.attention_backends)
+    return ModelPlan(source=source, hf_config=config, tokenizer=tokenizer, model_class=cls,
+                     kv_spec=kv_spec, max_model_len=_max_model_len(settings.max_model_len, config),
+                     eos_token_ids=eos_token_ids(config, tokenizer, source.folder), dtype=dtype,
+                     device=device, attention_backend=backend)
+
+
+def check_tensor_parallel(plan: ModelPlan, tensor_parallel_size: int) -> None:
+    """ValueError, in one line, when the model's heads cannot be split over the ranks: the
+    attention heads must divide by them; the KV heads must divide by them, or divide them
+    (then each KV head is replicated on ``tensor_parallel_size / num_kv_heads`` ranks)."""
+    tp = tensor_parallel_size
+    if tp == 1:
+        return
+    heads = getattr(plan.hf_config, "num_attention_heads", None)
+    if heads is not None and heads % tp:
+        raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {heads} "
+                         f"attention heads; choose a divisor of {heads}")
+    kv_heads = plan.kv_spec.num_kv_heads
+    if kv_heads % tp and tp % kv_heads:
+        raise ValueError(f"tensor_parallel_size {tp} and the model's {kv_heads} KV heads: one "
+                         "must divide the other (KV heads are split over the ranks, or "
+                         "replicated when there are fewer of them than ranks)")
+
+
+def load_model(settings: ModelSettings, parallel: ParallelConfig | None = None) -> LoadedModel:
+    """Resolve, build and fill the model that ``settings`` names; with ``parallel``, this
+    rank's shard (the caller set up the ``torch.distributed`` process group)."""
+    plan = plan_model(settings)
+    parallel = parallel or ParallelConfig()
+    check_tensor_parallel(plan, parallel.tensor_parallel_size)
+    ctx = ModelContext(attention_backend=plan.attention_backend, dtype=plan.dtype,
+                       device=plan.device, parallel=parallel,
+                       quantization=quantization_method_for(plan.hf_config, plan.source.folder))
+    fmt, files = find_weight_files(plan.source)  # before building: fail fast on an empty folder
+    model = build_model(plan.model_class, plan.hf_config, ctx)
+    load_weights(model, fmt, files, plan.hf_config)
     model.eval()
     return LoadedModel(
-        model=model, hf_config=config, tokenizer=tokenizer, kv_spec=kv_spec.for_rank(ctx.parallel),
-        max_model_len=_max_model_len(settings.max_model_len, config),
-        eos_token_ids=eos_token_ids(config, tokenizer, source.folder),
-        dtype=dtype, device=device, attention_backend=backend, source=source)
+        model=model, hf_config=plan.hf_config, tokenizer=plan.tokenizer,
+        kv_spec=plan.kv_spec.for_rank(parallel), max_model_len=plan.max_model_len,
+        eos_token_ids=plan.eos_token_ids, dtype=plan.dtype, device=plan.device,
+        attention_backend=plan.attention_backend, source=plan.source)
 
 
 def require_model_plugins() -> None:

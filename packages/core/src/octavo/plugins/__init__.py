@@ -12,6 +12,7 @@ from octavo.plugins.manager import (
     kv_cache_managers,
     layer_ops,
     models,
+    platforms,
     quantization_methods,
     reset_plugin_manager,
     schedulers,
@@ -25,5 +26,6 @@ __all__ = [
     "ALLOWLIST_ENV", "DEFAULT_PLUGINS", "DENYLIST_ENV", "ENTRY_POINT_GROUP", "REGISTRY_HOOKS",
     "OctavoPluginManager", "PluginError", "PluginInfo", "Registry", "attention_backends",
     "get_plugin_manager", "hookimpl", "hookspec", "kv_cache_managers", "layer_ops", "models",
-    "quantization_methods", "reset_plugin_manager", "schedulers", "swappers", "weight_formats",
+    "platforms", "quantization_methods", "reset_plugin_manager", "schedulers", "swappers",
+    "weight_formats",
 ]

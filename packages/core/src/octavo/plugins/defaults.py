@@ -33,3 +33,9 @@ def register_quantization_methods(register):
 @hookimpl
 def register_layer_ops(register):
     register("onednn", "octavo.layers.dense:OneDnnLayerOps")
+
+
+@hookimpl
+def register_platforms(register):
+    register("cpu", "octavo.platforms:CpuPlatform")
+    register("cuda", "octavo.platforms:CudaPlatform")

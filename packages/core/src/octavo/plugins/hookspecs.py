@@ -65,5 +65,11 @@ def register_weight_formats(register: Register) -> None:
 
 
 @hookspec
+def register_platforms(register: Register) -> None:
+    """Register platforms (subclasses of ``octavo.platforms.Platform``): device names that
+    ``ModelSettings.device`` accepts."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add subcommands to ``cli``, a click group merged into the ``octavo`` command."""

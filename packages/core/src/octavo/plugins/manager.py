@@ -40,6 +40,7 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "register_kv_cache_managers": ("KV cache manager", "octavo.kv_cache.manager:KVCacheManager"),
     "register_swappers": ("swapper", "octavo.kv_cache.swapper:Swapper"),
     "register_weight_formats": ("weight format", "octavo.model_loader.weights:WeightFormat"),
+    "register_platforms": ("platform", "octavo.platforms:Platform"),
 }
 
 # hook -> the distribution to name when its registry is empty ("pip install ...")
@@ -378,3 +379,8 @@ def swappers() -> Registry:
 def weight_formats() -> Registry:
     """Weight format classes (``WeightFormat``) by file glob."""
     return get_plugin_manager().registry("register_weight_formats")
+
+
+def platforms() -> Registry:
+    """Platform classes (``Platform``) by device name."""
+    return get_plugin_manager().registry("register_platforms")

@@ -42,6 +42,7 @@ from torch import nn
 from octavo.attention.base import AttentionBackend, AttentionMetadata
 from octavo.attention.torch_backend import TorchAttentionBackend
 from octavo.modeling import CausalLM, ModelContext
+from octavo.testing.suite import ConformanceSuite
 
 
 def build_attention_metadata(
@@ -184,7 +185,7 @@ class Conformance:
     loaded: set[str]
 
 
-class ModelConformanceSuite:
+class ModelConformanceSuite(ConformanceSuite):
     """Octavo model vs HF transformers. Override :meth:`hf_config`; tune the class attributes.
 
     Attributes:
@@ -205,6 +206,7 @@ class ModelConformanceSuite:
             long prompts are chunked while others decode).
     """
 
+    registry_hook = "register_models"
     architectures: tuple[str, ...] = ()
     model_class: type[CausalLM] | None = None
     attention_backend: type[AttentionBackend] = TorchAttentionBackend
@@ -230,6 +232,10 @@ class ModelConformanceSuite:
     def verified_architectures(cls) -> tuple[str, ...]:
         """The registered architecture names this class verifies."""
         return tuple(cls.architectures) or tuple(cls().hf_config().architectures or ())
+
+    @classmethod
+    def verified_names(cls) -> tuple[str, ...]:
+        return cls.verified_architectures()
 
     # ---- hooks -------------------------------------------------------------------------------
 

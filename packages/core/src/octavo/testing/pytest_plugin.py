@@ -8,8 +8,9 @@ no markers, no skipping of anyone's ``gpu`` tests, no torch import.
 In a project that opts in (Octavo's own tests, a third-party plugin subclassing the suites in
 ``octavo.testing``): the ``gpu`` and ``slow`` markers; ``gpu`` tests skip themselves without a
 CUDA device (torch is imported only when a ``gpu`` test was collected); and the
-``conformance_coverage`` fixture: which registered architectures the session's model suites
-verify (see :mod:`octavo.testing.coverage`).
+``conformance_coverage`` fixture: which registered names (models, schedulers, KV cache
+managers, swappers, weight formats, quantization methods) the session's conformance suite
+classes verify (see :mod:`octavo.testing.coverage`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def conformance_coverage(request: pytest.FixtureRequest) -> dict[str, list[str]]:
-    """Architecture -> node ids of the collected (selected) model suite classes verifying it.
+def conformance_coverage(request: pytest.FixtureRequest) -> dict[str, dict[str, list[str]]]:
+    """Registry hook -> registered name -> node ids of the collected (selected) suite classes
+    verifying it.
 
     Needs ``octavo_testing = true``: without it nothing is collected and the fixture fails
     rather than report an empty coverage.

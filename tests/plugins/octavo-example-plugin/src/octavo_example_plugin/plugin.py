@@ -52,6 +52,11 @@ def register_swappers(register):
 
 
 @hookimpl
+def register_platforms(register):
+    register("example-cpu", "octavo_example_plugin.platform:ExampleCpuPlatform")
+
+
+@hookimpl
 def register_commands(cli):
     @cli.command(name="example-registered")
     def example_registered():

@@ -1,0 +1,79 @@
+"""Tensor parallelism over Ray actors (gloo on the CPU): the same tokens as one rank and HF,
+a Ray cluster of two nodes with one rank on each, and a killed actor. Starting Ray takes tens
+of seconds here, hence ``slow``; the tests need ``octavo-core[ray]``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from octavo.engine.executor import EngineDeadError
+
+from .conftest import GREEDY, hf_tokens, make_llm, prompts, token_ids, wait_gone
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+TP2_RAY = dict(tensor_parallel_size=2, distributed_executor_backend="ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_ray_ranks_match_one_rank_and_hf_under_preemption(request, local_ray, model):
+    folder, hf_model = request.getfixturevalue(model)
+    batch = prompts([9, 13, 17, 11], seed=2)
+    small = dict(num_gpu_blocks_override=12, enable_prefix_caching=False)
+    one = token_ids(make_llm(folder, **small).generate(batch, GREEDY))
+    llm = make_llm(folder, **TP2_RAY, **small)
+    try:
+        outputs = llm.generate(batch, GREEDY)
+        assert token_ids(outputs) == one == hf_tokens(hf_model, batch)
+        assert sum(out.metrics.num_preemptions for out in outputs) > 0
+    finally:
+        llm.engine.shutdown()
+
+
+def test_a_killed_actor_stops_the_engine_within_seconds(local_ray, llama):
+    folder, _ = llama
+    llm = make_llm(folder, **TP2_RAY)
+    pids = llm.engine.core.runner.worker_pids()
+    os.kill(pids[1], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(EngineDeadError, match="rank 1 .*died"):
+        llm.generate(prompts([5, 6]), GREEDY)
+    assert time.monotonic() - start < 15
+    assert wait_gone(pids) == []
+
+
+def test_two_node_cluster_places_one_rank_on_each_node(llama):
+    from ray.cluster_utils import Cluster
+
+    folder, hf_model = llama
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=1, resources={"node_a": 1}, include_dashboard=False))
+    cluster.add_node(num_cpus=1, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        llm = make_llm(folder, **TP2_RAY, ray_placement_strategy="STRICT_SPREAD")
+        executor = llm.engine.core.runner
+        node_ids = executor.node_ids()
+        assert len(set(node_ids)) == 2
+        assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == set(node_ids)
+        batch = prompts([3, 9, 17])
+        assert token_ids(llm.generate(batch, GREEDY)) == hf_tokens(hf_model, batch)
+        pids = executor.worker_pids()
+        llm.engine.shutdown()
+        assert wait_gone(pids) == []
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
