@@ -84,11 +84,14 @@ class Sampler:
     __call__ = sample
 
     def process_logits(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        """A processed copy of ``logits`` [num_rows, vocab]: logit_bias, min_tokens masking,
-        repetition penalty, presence and frequency penalties, in that order."""
-        logits = logits.clone()
+        """``logits`` [num_rows, vocab] after logit_bias, min_tokens masking, repetition
+        penalty, presence and frequency penalties, in that order: a processed copy, or
+        ``logits`` itself when no row asks for any of them (never modified in place)."""
         vocab = logits.shape[1]
         biases = _logit_bias_entries(rows, vocab) + _min_tokens_entries(rows, vocab)
+        if not biases and not any(_penalized(row) for row in rows):
+            return logits  # greedy decoding's usual case: no copy of a [rows, vocab] tensor
+        logits = logits.clone()
         if biases:
             row_ids, token_ids, values = zip(*biases)
             ops.apply_token_bias(logits, _long(row_ids, logits.device),
@@ -220,6 +223,13 @@ def _min_tokens_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, 
         banned = set(params.stop_token_ids) | row.eos_token_ids
         entries += [(i, token, float("-inf")) for token in banned if token < vocab]
     return entries
+
+
+def _penalized(row: SamplingRow) -> bool:
+    """Whether a repetition, presence or frequency penalty applies to this row."""
+    params = row.params
+    return (params.repetition_penalty != 1.0 or (bool(row.output_token_ids) and (
+        params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)))
 
 
 def _long(values: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -83,7 +83,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor | PackedLinear,
     """``x @ weight.T + bias`` with ``weight: [out_features, in_features]``, plain or packed
     by :func:`pack_dense`."""
     if isinstance(weight, PackedLinear):
-        return weight(x, bias)
+        return weight.forward(x, bias)  # not through Module.__call__: 4 products a layer
     if x.device.type != "cpu" or weight.shape[0] <= CPU_SPLIT_ABOVE:
         return F.linear(x, weight, bias)
     out = torch.cat([F.linear(x, block) for block in weight.split(CPU_BLOCK)], dim=-1)

@@ -32,9 +32,16 @@ namespace {
 
 using octavo_cpu::exp_nonpositive;
 
-// One SIMD register of floats, by GCC's vector extension: the compiler lowers it to the
-// widest vectors the build's -march offers (16 lanes on AVX-512, two halves of 8 on AVX2).
+// One SIMD register of floats, by GCC's vector extension, at the build's native width: a
+// vector wider than the hardware's (16 lanes on AVX2) is lowered through the stack, which
+// made this kernel several times slower.
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline Vec load(const float* p) {
@@ -45,11 +52,25 @@ inline Vec load(const float* p) {
 
 inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-inline float sum_lanes(Vec v) {
-  float total = 0.0f;
-  for (int i = 0; i < kLanes; ++i) total += v[i];
-  return total;
+// A tree of halving adds: without fast-math a scalar loop over the lanes must keep its order.
+template <typename Half, typename Whole>
+inline Half add_halves(Whole v) {
+  Half lo, hi;  // memcpy of each half: portable (GCC and Clang), lowered to register moves
+  __builtin_memcpy(&lo, &v, sizeof(Half));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+  return lo + hi;
 }
+
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+inline float sum_lanes(Vec4 q) { return (q[0] + q[2]) + (q[1] + q[3]); }
+#if defined(__AVX__)
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+inline float sum_lanes(Vec8 v) { return sum_lanes(add_halves<Vec4>(v)); }
+#endif
+#if defined(__AVX512F__)
+typedef float Vec16 __attribute__((vector_size(16 * sizeof(float))));
+inline float sum_lanes(Vec16 v) { return sum_lanes(add_halves<Vec8>(v)); }
+#endif
 
 // Dot product of two float rows of length d (a multiple of kLanes for the fast part).
 inline float dot(const float* a, const float* b, int64_t d) {
