@@ -56,6 +56,25 @@ def test_preemption_with_few_blocks_keeps_tokens_equal(llama):
         llm.engine.shutdown()
 
 
+def test_logprobs_and_prompt_logprobs_match_one_rank(qwen2):
+    folder, _ = qwen2
+    batch = prompts([6, 11], seed=3)
+    params = SamplingParams(temperature=0, max_tokens=4, logprobs=3, prompt_logprobs=2,
+                            ignore_eos=True)
+    one = make_llm(folder).generate(batch, params)
+    llm = make_llm(folder, **TP2, max_num_batched_tokens=8)  # chunked prompts too
+    try:
+        two = llm.generate(batch, params)
+    finally:
+        llm.engine.shutdown()
+    for a, b in zip(one, two):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for x, y in zip(a.outputs[0].logprobs + a.prompt_logprobs[1:],
+                        b.outputs[0].logprobs + b.prompt_logprobs[1:]):
+            assert x.keys() == y.keys()
+            assert all(abs(x[t].logprob - y[t].logprob) < 1e-4 for t in x)
+
+
 @pytest.mark.parametrize("kv_offload", ["host", "disk"])
 def test_preemption_swaps_to_every_ranks_tier_and_keeps_tokens_equal(llama, tmp_path,
                                                                     kv_offload):

@@ -94,13 +94,14 @@ def prepare_input(scheduled: SchedulerOutput, block_size: int) -> ModelInput:
         if item.samples:
             sample_rows.append(hi - 1)
         k = request.sampling_params.prompt_logprobs
-        stop = min(seq_lens[i], request.num_prompt_tokens - 1)
-        if k is not None and stop > starts[i]:  # logprobs of the next prompt tokens
-            prompt_logprobs.append(PromptLogprobsInput(
-                request.req_id, lo, starts[i],
-                list(request.prompt_token_ids[starts[i] + 1:stop + 1]), k))
+        if k is not None:  # logprobs of the next prompt tokens this chunk predicts
+            stop = min(seq_lens[i], request.num_prompt_tokens - 1)
+            if stop > starts[i]:
+                prompt_logprobs.append(PromptLogprobsInput(
+                    request.req_id, lo, starts[i],
+                    list(request.prompt_token_ids[starts[i] + 1:stop + 1]), k))
     return ModelInput(input_ids, positions, slots, block_tables, query_start_loc, seq_lens,
-                      max(query_lens), sample_rows, prompt_logprobs, list(scheduled.block_copies))
+                      max(query_lens), sample_rows, prompt_logprobs, scheduled.block_copies)
 
 
 def sample_output(sampler: Sampler, scheduled: SchedulerOutput,
