@@ -1,5 +1,5 @@
 """Tensor parallelism over Ray actors (gloo on the CPU): the same tokens as one rank and HF,
-a Ray cluster of two nodes with one rank on each, and a killed actor. Starting Ray takes tens
+and a killed actor (``test_ray_cluster.py``: two nodes). Starting Ray takes tens
 of seconds here, hence ``slow``; the tests need ``octavo-core[ray]``."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ TP2_RAY = dict(tensor_parallel_size=2, distributed_executor_backend="ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, never another session's cluster on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -52,28 +53,3 @@ def test_a_killed_actor_stops_the_engine_within_seconds(local_ray, llama):
         llm.generate(prompts([5, 6]), GREEDY)
     assert time.monotonic() - start < 15
     assert wait_gone(pids) == []
-
-
-def test_two_node_cluster_places_one_rank_on_each_node(llama):
-    from ray.cluster_utils import Cluster
-
-    folder, hf_model = llama
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=1, resources={"node_a": 1}, include_dashboard=False))
-    cluster.add_node(num_cpus=1, resources={"node_b": 1})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        llm = make_llm(folder, **TP2_RAY, ray_placement_strategy="STRICT_SPREAD")
-        executor = llm.engine.core.runner
-        node_ids = executor.node_ids()
-        assert len(set(node_ids)) == 2
-        assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == set(node_ids)
-        batch = prompts([3, 9, 17])
-        assert token_ids(llm.generate(batch, GREEDY)) == hf_tokens(hf_model, batch)
-        pids = executor.worker_pids()
-        llm.engine.shutdown()
-        assert wait_gone(pids) == []
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
