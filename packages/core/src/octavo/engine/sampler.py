@@ -89,7 +89,8 @@ class Sampler:
         ``logits`` itself when no row asks for any of them (never modified in place)."""
         vocab = logits.shape[1]
         biases = _logit_bias_entries(rows, vocab) + _min_tokens_entries(rows, vocab)
-        if not biases and not any(_penalized(row) for row in rows):
+        if not biases and not any(_repetition_penalized(row) or _presence_frequency_penalized(row)
+                                  for row in rows):
             return logits  # greedy decoding's usual case: no copy of a [rows, vocab] tensor
         logits = logits.clone()
         if biases:
@@ -103,7 +104,7 @@ class Sampler:
 
     def _apply_repetition_penalty(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
         """Scale the logits of every token seen in the prompt or output (in place)."""
-        rep = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
+        rep = [i for i, row in enumerate(rows) if _repetition_penalized(row)]
         if not rep:
             return
         device = logits.device
@@ -115,8 +116,7 @@ class Sampler:
 
     def _apply_presence_frequency(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
         """Subtract the presence and frequency penalties of output tokens (in place)."""
-        pf = [i for i, row in enumerate(rows) if row.output_token_ids
-              and (row.params.presence_penalty != 0.0 or row.params.frequency_penalty != 0.0)]
+        pf = [i for i, row in enumerate(rows) if _presence_frequency_penalized(row)]
         if not pf:
             return
         device = logits.device
@@ -225,11 +225,15 @@ def _min_tokens_entries(rows: list[SamplingRow], vocab: int) -> list[tuple[int, 
     return entries
 
 
-def _penalized(row: SamplingRow) -> bool:
-    """Whether a repetition, presence or frequency penalty applies to this row."""
+def _repetition_penalized(row: SamplingRow) -> bool:
+    return row.params.repetition_penalty != 1.0
+
+
+def _presence_frequency_penalized(row: SamplingRow) -> bool:
+    """Presence and frequency penalties count output tokens: none before the first."""
     params = row.params
-    return (params.repetition_penalty != 1.0 or (bool(row.output_token_ids) and (
-        params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)))
+    return bool(row.output_token_ids) and (params.presence_penalty != 0.0
+                                           or params.frequency_penalty != 0.0)
 
 
 def _long(values: Sequence[int], device: torch.device) -> torch.Tensor:
