@@ -178,7 +178,7 @@ async def plain_chat(http: httpx.AsyncClient, url: str, i: int):
 @pytest.mark.slow
 def test_128_chat_requests_with_16_dropped_streams_are_all_answered_or_rejected(tiny_folder):
     """64 streaming and 64 plain chat requests at once, 16 of the streams dropped after a few
-    chunks, on a server that runs 16 sequences and lets 64 wait: each request is answered
+    chunks (or refused before they start), on a server that runs 16 sequences and lets 64 wait: each request is answered
     (or refused with 503 and Retry-After), the finish counters equal the answers, and the
     server ends idle with every block free."""
     background = start_server(tiny_model(tiny_folder, max_waiting_requests=64, max_num_seqs=16))
@@ -196,8 +196,12 @@ def test_128_chat_requests_with_16_dropped_streams_are_all_answered_or_rejected(
         results = asyncio.run(main())
         values = wait_until_idle(background.base_url, timeout=60)
         kinds = [kind for kind, _ in results]
-        assert kinds.count("dropped") == 16
-        assert kinds.count("answered") + kinds.count("rejected") == 112
+        # a stream meant to be dropped may be refused first (the queue holds 64 of 128)
+        drop_kinds = kinds[0:64:4]
+        dropped = drop_kinds.count("dropped")
+        assert dropped + drop_kinds.count("rejected") == 16 and dropped >= 1
+        assert kinds.count("dropped") == dropped
+        assert kinds.count("answered") + kinds.count("rejected") == 128 - dropped
         for response in (detail for kind, detail in results if kind == "rejected"):
             assert response.status_code == 503, response.text  # cleanly: 503 queue_full
             assert response.json()["error"]["code"] == "queue_full"
@@ -210,7 +214,7 @@ def test_128_chat_requests_with_16_dropped_streams_are_all_answered_or_rejected(
             return values[name] - before.get(name, 0)
 
         assert moved("octavo_request_success_total[length]") == len(answered)
-        assert moved("octavo_request_success_total[abort]") == 16
+        assert moved("octavo_request_success_total[abort]") == dropped
         assert moved("octavo_request_success_total[stop]") == 0
         assert_all_blocks_free(background.base_url)
     finally:
