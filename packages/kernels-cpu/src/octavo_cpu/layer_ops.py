@@ -35,6 +35,9 @@ class CpuPackedLinear(PackedLinear):
         return self._linear(x, self.data, self.out_features, bias)
 
 
+_FLOAT32_ONLY = ("pack_linear", "pack_int4_linear", "pack_int8_linear")
+
+
 @cache
 def _kernels() -> Any:
     return load_ops()
@@ -48,7 +51,7 @@ class CpuLayerOps(LayerOps):
 
     @classmethod
     def supports(cls, op, device, dtype):
-        if op in ("pack_linear", "pack_int4_linear") and dtype != torch.float32:  # float32 kernels
+        if op in _FLOAT32_ONLY and dtype != torch.float32:  # float32 kernels
             return False
         return super().supports(op, device, dtype) and unavailable_reason() is None
 
@@ -78,3 +81,8 @@ class CpuLayerOps(LayerOps):
     def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                          g_idx: torch.Tensor) -> PackedLinear:
         return int4_linear.pack(codes, scales, zeros, g_idx)
+
+    @staticmethod
+    def pack_int8_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                         g_idx: torch.Tensor) -> PackedLinear:
+        return int4_linear.pack_int8(codes, scales, zeros, g_idx)
