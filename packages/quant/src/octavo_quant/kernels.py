@@ -1,4 +1,5 @@
-"""The products of a quantized linear layer: the reference, the CPU int4 and the Triton kernels.
+"""The products of a quantized linear layer: the reference, the CPU int4/int8 and the Triton
+kernels.
 
 ``ReferenceKernel`` dequantizes the checkpoint tensors on every call and runs the dense
 product: exact (float32 dequantization) and the oracle of every other kernel, but it rebuilds
@@ -18,6 +19,11 @@ dtype: octavo-kernels-cpu's C++ kernel for float32) keeps the weight 4-bit in th
 multiplies with float32 activations, no casts (1.7-3x faster than ``Int4CpuKernel`` at one row,
 measured: docs/quantization.md); ``Int4CpuKernel`` serves bfloat16 models and CPUs without it.
 
+``PackedInt8Kernel`` (8-bit on the CPU, where a ``pack_int8_linear`` layer op serves the model's
+dtype: octavo-kernels-cpu's C++ kernel for float32) is the same for 8-bit weights (a byte per
+code). torch's ``_weight_int8pack_mm`` takes one scale per output channel (no groups, no zero
+points), so 8-bit layers without the layer op (bfloat16 models, no compiler) use the reference.
+
 ``TritonKernel`` (CUDA, where Triton is installed) is a fused dequantize-and-multiply for any
 bit width, group size and ``g_idx`` (:mod:`octavo_quant.triton_gemm`).
 
@@ -35,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo.layers.layer_ops import find_layer_op
+from octavo.layers.layer_ops import LAYER_OPS, find_layer_op
 
 if TYPE_CHECKING:
     from octavo_quant.method import GroupQuantMethod
@@ -116,6 +122,7 @@ class PackedInt4Kernel(nn.Module):
 
     owns_weights = True
     name = "int4_packed"
+    layer_op = "pack_int4_linear"
 
     def __init__(self, linear: nn.Module, perm: torch.Tensor | None) -> None:
         super().__init__()
@@ -137,6 +144,14 @@ class PackedInt4Kernel(nn.Module):
             return None
         identity = bool(torch.equal(perm, torch.arange(len(perm), device=perm.device)))
         return cls(linear, None if identity else perm)
+
+
+class PackedInt8Kernel(PackedInt4Kernel):
+    """An 8-bit weight packed by a ``pack_int8_linear`` layer op (octavo-kernels-cpu's C++
+    kernel: float32 activations, a byte per code widened in registers)."""
+
+    name = "int8_packed"
+    layer_op = "pack_int8_linear"
 
 
 class TritonKernel(nn.Module):
@@ -202,8 +217,9 @@ def _contiguous_group_size(g_sorted: torch.Tensor) -> int | None:
 
 def select_kernel(method: GroupQuantMethod, layer: nn.Module):
     """The fastest kernel that runs ``layer`` here: Triton on CUDA (where it is installed); on
-    the CPU for 4-bit, a ``pack_int4_linear`` layer op for the model's dtype (octavo-kernels-cpu:
-    float32), else torch's int4 product; else the reference."""
+    the CPU, a ``pack_int4_linear`` (4-bit) or ``pack_int8_linear`` (8-bit) layer op for the
+    model's dtype (octavo-kernels-cpu: float32), else for 4-bit torch's int4 product; else the
+    reference."""
     reference = ReferenceKernel(method)
     if os.environ.get(KERNEL_ENV, "auto") == "reference":
         return reference
@@ -211,16 +227,27 @@ def select_kernel(method: GroupQuantMethod, layer: nn.Module):
     device = weight.qweight.device.type
     if device == "cuda" and triton_available():
         return TritonKernel.build(weight)
-    if weight.bits != 4 or device != "cpu":
+    packed_kernel = {4: PackedInt4Kernel, 8: PackedInt8Kernel}.get(weight.bits)
+    if packed_kernel is None or device != "cpu":
         return reference
     dtype = layer.quant_geometry.dtype
-    pack = find_layer_op("pack_int4_linear", torch.empty(0, dtype=dtype))
-    kernel = PackedInt4Kernel.build(weight, pack) if pack is not None else None
+    pack = _find_pack(packed_kernel.layer_op, dtype)
+    kernel = packed_kernel.build(weight, pack) if pack is not None else None
     if kernel is not None:
         return kernel
+    if weight.bits != 4:
+        return reference
     kernel = Int4CpuKernel.build(weight)
     if kernel is None:
         logger.info("%s: groups do not fit the int4 CPU kernel; using the reference product",
                     layer.quant_geometry.prefix)
         return reference
     return kernel
+
+
+def _find_pack(op: str, dtype: torch.dtype):
+    """The layer op ``op`` for ``dtype`` on the CPU, or None (no provider, or a core that does
+    not know the op yet)."""
+    if op not in LAYER_OPS:
+        return None
+    return find_layer_op(op, torch.empty(0, dtype=dtype))
