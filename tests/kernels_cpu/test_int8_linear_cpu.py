@@ -48,12 +48,14 @@ def close(got: torch.Tensor, expected: torch.Tensor) -> None:
     (576, 96, runs(576, 128), False),  # a partial last group (576 = 4.5 x 128)
     (256, 48, runs(256, 128), True),  # symmetric: every zero 128
     (99, 40, runs(99, -1), False),  # one group, odd; 40 outputs: a partial panel
+    (300, 20, runs(300, -1), True),  # one group, split into runs of 128, 128 and 44
     (64, 24, torch.tensor([0] * 9 + [1] * 31 + [2] * 24), False),  # runs of any length, odd
     (200, 7, runs(200, 32), True),  # fewer outputs than a panel; a partial last group of 8
-], ids=["g32", "g128-partial", "g128-sym", "per-row-partial-panel", "uneven-runs",
-        "7-outputs"])
-@pytest.mark.parametrize("rows", [1, 3, 8, 17, 64])  # one row; register blocks; dequantized
-@pytest.mark.parametrize("bias", [False, True])     # panels with a partial block of rows
+], ids=["g32", "g128-partial", "g128-sym", "per-row-partial-panel", "per-row-split",
+        "uneven-runs", "7-outputs"])
+# one row; register blocks of rows (6: 4 + 2); panels dequantized once, blocks of 6 + 5 + 5 ...
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 17, 64])
+@pytest.mark.parametrize("bias", [False, True])
 def test_int8_linear_matches_the_dequantized_product(in_features, out_features, g_idx, sym,
                                                      rows, bias):
     seed = in_features + out_features + rows
@@ -90,6 +92,19 @@ def test_every_code_and_zero_point_in_one_panel():
     for rows in (1, 5, 9):
         torch.testing.assert_close(linear(torch.ones(rows, 1)), expected.expand(rows, 16),
                                    rtol=0, atol=0)
+
+
+def test_long_groups_are_split_into_runs_of_128():
+    """Few rows sum codes * x over a run before scaling: a group of -1 is cut into runs of 128
+    (the same scale and zero each) so those sums stay as short as a group of 128's."""
+    in_features = 1000
+    g_idx = runs(in_features, -1)
+    codes, scales, zeros, dense = random_weight(in_features, 32, g_idx, seed=11)
+    linear = int4_linear.pack_int8(codes, scales, zeros, g_idx)
+    assert linear.group_ends.tolist() == [128 * i for i in range(1, 8)] + [1000]
+    assert linear.scale_zero.shape == (2, 8, 32)
+    x = torch.randn(3, in_features)
+    close(linear(x), F.linear(x, dense))
 
 
 def test_a_strided_input_and_a_byte_per_weight():

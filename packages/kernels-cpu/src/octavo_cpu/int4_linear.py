@@ -23,6 +23,9 @@ from octavo_cpu.build import load_ops
 
 PANEL = 16  # output features per panel (the kernels' kPanel)
 NIBBLE_SHIFTS = tuple(range(0, 32, 4))
+# The 8-bit kernel sums codes * x over a run of one group before it scales the sum (few rows):
+# runs of at most 128 keep those sums, and their rounding, as small as a group of 128's.
+INT8_MAX_RUN = 128
 
 
 class CpuQuantLinear(PackedLinear):
@@ -87,7 +90,8 @@ def pack_int8(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     panels, pad = _panels(out_features)
     data = F.pad(codes.to(torch.uint8), (0, pad)).view(in_features, panels, PANEL)
     return CpuInt8Linear(data.permute(1, 0, 2).contiguous(),
-                         *_scale_zero(scales, zeros, g_idx, panels, pad), out_features)
+                         *_scale_zero(scales, zeros, g_idx, panels, pad, INT8_MAX_RUN),
+                         out_features)
 
 
 def _check_group_order(g_idx: torch.Tensor, op: str) -> None:
@@ -102,10 +106,16 @@ def _panels(out_features: int) -> tuple[int, int]:
 
 
 def _scale_zero(scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor, panels: int,
-                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+                pad: int, max_run: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``scale_zero [P, G', 32]`` (per panel and run of one group: the 16 scales, then the 16
-    ``scale * zero``) and the end of each run ``[G']`` int64."""
+    ``scale * zero``) and the end of each run ``[G']`` int64; runs longer than ``max_run`` are
+    split (a group of -1 into runs of ``max_run``)."""
     groups, counts = torch.unique_consecutive(g_idx.to(torch.int64), return_counts=True)
+    if max_run is not None and bool((counts > max_run).any()):
+        pieces = [(int(g), min(max_run, int(c) - start)) for g, c in zip(groups, counts)
+                  for start in range(0, int(c), max_run)]
+        groups = torch.tensor([g for g, _ in pieces], dtype=torch.int64)
+        counts = torch.tensor([c for _, c in pieces], dtype=torch.int64)
     scale = F.pad(scales.float()[groups], (0, pad))  # [G', P * 16], one row per run
     scale_zero = scale * F.pad(zeros.float()[groups], (0, pad))
     halves = torch.stack([scale.view(-1, panels, PANEL), scale_zero.view(-1, panels, PANEL)], 2)
