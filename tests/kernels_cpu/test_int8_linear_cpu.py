@@ -53,8 +53,9 @@ def close(got: torch.Tensor, expected: torch.Tensor) -> None:
     (200, 7, runs(200, 32), True),  # fewer outputs than a panel; a partial last group of 8
 ], ids=["g32", "g128-partial", "g128-sym", "per-row-partial-panel", "per-row-split",
         "uneven-runs", "7-outputs"])
-# one row; register blocks of rows (6: 4 + 2); panels dequantized once, blocks of 6 + 5 + 5 ...
-@pytest.mark.parametrize("rows", [1, 3, 6, 8, 17, 64])
+# one row; blocks of run sums (AVX2: 6; 8 = 4 + 4; 13 = 5 + 4 + 4); panels dequantized once
+# (17 = 6 + 6 + 5; 64)
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 13, 17, 64])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_linear_matches_the_dequantized_product(in_features, out_features, g_idx, sym,
                                                      rows, bias):
