@@ -69,7 +69,7 @@ def test_packed_int4_kernel_matches_the_reference(recipe, rows):
 
 
 def int8_op_available() -> bool:
-    return kernels._find_pack("pack_int8_linear", torch.float32) is not None
+    return kernels.find_pack_op("pack_int8_linear", torch.float32) is not None
 
 
 @pytest.mark.parametrize("recipe", [

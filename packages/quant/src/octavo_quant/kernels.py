@@ -231,7 +231,7 @@ def select_kernel(method: GroupQuantMethod, layer: nn.Module):
     if packed_kernel is None or device != "cpu":
         return reference
     dtype = layer.quant_geometry.dtype
-    pack = _find_pack(packed_kernel.layer_op, dtype)
+    pack = find_pack_op(packed_kernel.layer_op, dtype)
     kernel = packed_kernel.build(weight, pack) if pack is not None else None
     if kernel is not None:
         return kernel
@@ -245,7 +245,7 @@ def select_kernel(method: GroupQuantMethod, layer: nn.Module):
     return kernel
 
 
-def _find_pack(op: str, dtype: torch.dtype):
+def find_pack_op(op: str, dtype: torch.dtype):
     """The layer op ``op`` for ``dtype`` on the CPU, or None (no provider, or a core that does
     not know the op yet)."""
     if op not in LAYER_OPS:
