@@ -94,3 +94,51 @@ def test_kernel_rejects_bad_inputs():
         call(key_cache=cache.double(), value_cache=cache.double())
     with pytest.raises(RuntimeError, match="multiple of num_kv_heads"):
         call(query=torch.randn(2, 3, 64), out=torch.empty(2, 3, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("head_size", "block_size"), [(64, 16), (36, 12), (100, 5), (8, 33)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_odd_shapes(dtype, head_size, block_size, threads):
+    """The kernel's column tiles and groups of keys with their tails: head sizes that are not a
+    multiple of the vector width, blocks of 5, 12 or 33 rows (groups of 8, 4 and single keys),
+    partial blocks, SmolLM2's 3 query heads per KV head, sliding windows and ALiBi; one item
+    per sequence (many sequences) or per (sequence, KV head) (few)."""
+    from octavo.attention.torch_backend import paged_attention_reference
+
+    generator = torch.Generator().manual_seed(head_size * 1000 + block_size)
+    query_lens, seq_lens = [1, 1, 3, 1, 1, 2], [1, 150, 40, block_size, block_size + 1, 77]
+    batch = make_paged_batch(query_lens, seq_lens, num_heads=9, num_kv_heads=3,
+                             head_size=head_size, block_size=block_size, dtype=dtype,
+                             device="cpu", generator=generator)
+    md = batch.metadata
+    ops = load_ops()
+    flat = batch.key_cache.view(-1, 3, head_size)  # write the new tokens' K/V
+    flat_v = batch.value_cache.view(-1, 3, head_size)
+    valid = md.slot_mapping >= 0
+    flat[md.slot_mapping[valid]] = batch.key[: int(valid.sum())].reshape(-1, 3, head_size)
+    flat_v[md.slot_mapping[valid]] = batch.value[: int(valid.sum())].reshape(-1, 3, head_size)
+    query = batch.query.contiguous()
+    scale = head_size ** -0.5
+    slopes = torch.linspace(-0.5, -0.01, 9)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seqs in ([0, 1, 2, 3, 4, 5], [1, 2]):
+            for window, alibi in ((0, None), (21, None), (0, slopes)):
+                out = torch.zeros_like(query)
+                ops.paged_attention(out, query, batch.key_cache, batch.value_cache,
+                                    md.block_tables, md.seq_lens, md.query_start_loc,
+                                    torch.tensor(seqs, dtype=torch.int32), scale, alibi,
+                                    window, 0.0)
+                expected = paged_attention_reference(
+                    query.double(), batch.key_cache.double(), batch.value_cache.double(), md,
+                    scale, alibi_slopes=None if alibi is None else alibi.double(),
+                    sliding_window=window or None)
+                starts = md.query_start_loc.tolist()
+                rows = [r for i in seqs for r in range(starts[i], starts[i + 1])]
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                torch.testing.assert_close(out[rows].double(), expected[rows], rtol=tol,
+                                           atol=tol)
+    finally:
+        torch.set_num_threads(previous)
